@@ -1,0 +1,43 @@
+"""The one `Definitions` object: everything the Dagster UI shows."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from conversion_platform.defs.delivery_assets import build_delivery_assets
+from conversion_platform.defs.ingest_assets import collected_conversions, server_log_conversions
+from conversion_platform.defs.resources import PlatformSettings, resources_from_settings
+from conversion_platform.defs.schedules import build_hourly_schedule, hourly_conversions_job
+from conversion_platform.defs.transform_assets import (
+    deduplicated_conversions,
+    resolved_conversions,
+    validate_conversions_asset,
+)
+from conversion_platform.settings import Settings
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """Definitions for the given settings (the environment's by default)."""
+    settings = settings or Settings.from_env()
+    resources = resources_from_settings(settings)
+    platform: PlatformSettings = resources["platform"]  # type: ignore[assignment]
+    delivery_assets = build_delivery_assets(platform.destinations())
+    return dg.Definitions(
+        assets=[
+            server_log_conversions,
+            collected_conversions,
+            deduplicated_conversions,
+            validate_conversions_asset,
+            resolved_conversions,
+            *delivery_assets,
+        ],
+        jobs=[hourly_conversions_job],
+        schedules=[build_hourly_schedule(settings)],
+        resources=resources,
+        # One process for the whole hour: a subprocess per step costs seconds each,
+        # more than the work of most steps.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,141 @@
+"""One delivery asset per enabled destination, built by one factory."""
+
+import dagster as dg
+import pandas as pd
+
+from conversion_platform import events
+from conversion_platform.defs.metadata import markdown_table
+from conversion_platform.defs.partitions import hourly_partitions, hours_of_run, single_run
+from conversion_platform.defs.resources import OperationalDatabase, PlatformSettings
+from conversion_platform.destinations.config import DestinationConfig
+from conversion_platform.destinations.delivery import HourDeliverer, HourDelivery
+from conversion_platform.destinations.http_client import new_session
+from conversion_platform.destinations.registry import destination_for
+
+DELIVERY_GROUP = "delivery"
+DELIVERY_KEY_PREFIX = "delivery"
+
+
+class UndeliveredBatchesError(Exception):
+    """Retryable batches of some hours are still undelivered after the in-run retries."""
+
+
+def _figures(report: HourDelivery) -> dict[str, float | int]:
+    return {
+        "eligible": report.eligible,
+        "sent": report.sent,
+        "delivered": report.delivered,
+        "rejected": report.rejected_total,
+        "expired": report.expired,
+        "filtered": report.filtered,
+        "pending": report.pending,
+        "already_delivered": report.already_settled,
+        "requests": report.requests,
+        "mean_match_quality": round(report.mean_match_quality or 0.0, 3),
+    }
+
+
+def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
+    """The partitioned delivery asset `delivery/<name>` for one configured destination."""
+    destination = destination_for(config.platform)
+
+    @dg.asset(
+        name=config.name,
+        key_prefix=[DELIVERY_KEY_PREFIX],
+        partitions_def=hourly_partitions,
+        backfill_policy=single_run,
+        group_name=DELIVERY_GROUP,
+        kinds={"python"},
+        pool=f"destination_{config.name}",
+        ins={"resolved_conversions": dg.AssetIn("resolved_conversions")},
+        description=(
+            f"Conversions of the hour delivered to {config.name} ({destination.platform}): "
+            "each event mapped to the platform's format, batched at its limit, and every "
+            "batch's outcome recorded in the delivery log. In dry-run mode (the default "
+            "without credentials) the exact request bodies go to the outbox."
+        ),
+        code_version="1",
+    )
+    def _delivery(
+        context: dg.AssetExecutionContext,
+        database: OperationalDatabase,
+        platform: PlatformSettings,
+        resolved_conversions: pd.DataFrame,
+    ) -> dg.MaterializeResult:
+        engine = database.engine()
+        session = new_session()
+        deliverer = HourDeliverer(
+            engine,
+            destination,
+            config,
+            session,
+            platform.outbox_dir,
+            consent_required=platform.consent_required,
+            run_id=context.run_id,
+        )
+        by_hour = (
+            {h: g for h, g in resolved_conversions.groupby(events.HOUR_COLUMN)}
+            if len(resolved_conversions)
+            else {}
+        )
+        reports: list[tuple[str, HourDelivery]] = []
+        hours = hours_of_run(context)
+        # Each hour is delivered and recorded on its own: one hour's failure never stops the next.
+        for key, hour in hours:
+            frame = by_hour.get(pd.Timestamp(hour), resolved_conversions.iloc[0:0])
+            report = deliverer.deliver_hour(frame, hour, key)
+            reports.append((key, report))
+            if len(hours) > 1:
+                context.log_event(
+                    dg.AssetObservation(
+                        asset_key=context.asset_key, partition=key, metadata=_figures(report)
+                    )
+                )
+        session.close()
+        totals: dict[str, float] = {}
+        for _, report in reports:
+            for name, value in _figures(report).items():
+                totals[name] = totals.get(name, 0) + value
+        if reports:
+            sent = sum(r.sent for _, r in reports)
+            totals["mean_match_quality"] = (
+                round(sum(r.match_quality_sum for _, r in reports) / sent, 3) if sent else 0.0
+            )
+        rejected_reasons = {}
+        for _, report in reports:
+            for reason, n in report.rejected.items():
+                rejected_reasons[reason] = rejected_reasons.get(reason, 0) + n
+        metadata: dict[str, object] = {
+            **{k: (float(v) if isinstance(v, float) else int(v)) for k, v in totals.items()},
+            "mode": reports[0][1].mode if reports else config.effective_mode(),
+            "per_hour": dg.MetadataValue.md(
+                markdown_table([{"hour": k, **_figures(r)} for k, r in reports])
+            ),
+            "rejected_by_reason": dg.MetadataValue.md(
+                markdown_table(
+                    [
+                        {"reason": r, "events": n}
+                        for r, n in sorted(rejected_reasons.items(), key=lambda x: -x[1])
+                    ]
+                )
+            ),
+        }
+        outbox = [r.outbox_file for _, r in reports if r.outbox_file]
+        if outbox:
+            metadata["outbox"] = dg.MetadataValue.path(outbox[-1])
+        failed = [(k, r) for k, r in reports if r.pending]
+        if failed:
+            context.log.error(
+                f"{config.name}: {sum(r.pending for _, r in failed)} events of {len(failed)} hour(s) "
+                "still undelivered after in-run retries; the retry sensor will try again"
+            )
+            raise UndeliveredBatchesError(
+                f"{config.name}: retryable batches undelivered for hours {[k for k, _ in failed]}"
+            )
+        return dg.MaterializeResult(metadata=metadata)
+
+    return _delivery
+
+
+def build_delivery_assets(configs: list[DestinationConfig]) -> list[dg.AssetsDefinition]:
+    return [build_delivery_asset(c) for c in configs]

@@ -1,0 +1,96 @@
+"""Ingest: the hour's conversions from server logs and from the collection endpoint."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from conversion_platform import events
+from conversion_platform.defs.metadata import column_schema, figures_metadata, markdown_table
+from conversion_platform.defs.partitions import hourly_partitions, hours_of_run, single_run
+from conversion_platform.defs.resources import OperationalDatabase, ServerLogSource
+from conversion_platform.ingest.log_conversions import ingest_server_logs
+from conversion_platform.store.landing import read_landing_events
+from conversion_platform.store.quarantine import STAGE_PARSE, replace_quarantined
+
+INGEST_GROUP = "ingest"
+
+
+@dg.asset(
+    partitions_def=hourly_partitions,
+    backfill_policy=single_run,
+    group_name=INGEST_GROUP,
+    kinds={"pandas", "parquet"},
+    code_version="1",
+)
+def server_log_conversions(
+    context: dg.AssetExecutionContext, database: OperationalDatabase, server_logs: ServerLogSource
+) -> dg.Output[pd.DataFrame]:
+    """Conversions read from the site's server logs (JSON lines and access-log lines
+    matched by URL rules) written in this hour, with personal data hashed. Lines that
+    can't be read are quarantined with file, line number and reason."""
+    engine = database.engine()
+    hours = hours_of_run(context)
+    keys_by_hour = {hour: key for key, hour in hours}
+    start, end = context.partition_time_window
+    result = ingest_server_logs(
+        engine, Path(server_logs.logs_dir), server_logs.rules(), [h for _, h in hours]
+    )
+    # Re-runs and backfills replace the window's parse failures instead of adding to them.
+    replace_quarantined(
+        engine, STAGE_PARSE, start, end, result.quarantined, sources=(events.SOURCE_LOG,)
+    )
+    per_hour = {
+        hour: {
+            "conversions": figures["lines_parsed"],
+            "lines_quarantined": figures["lines_quarantined"],
+            "lines_ignored": figures["lines_ignored"],
+        }
+        for hour, figures in result.per_hour.items()
+    }
+    metadata = figures_metadata(context, per_hour, keys_by_hour)
+    metadata.update(
+        {
+            "dagster/row_count": len(result.frame),
+            "dagster/column_schema": column_schema(result.frame),
+            "files_read": len(result.files_read),
+            "identifiers_dropped": markdown_table(
+                [{"reason": r, "values": n} for r, n in result.dropped_identifiers.most_common()]
+            ),
+        }
+    )
+    return dg.Output(result.frame, metadata=metadata)
+
+
+@dg.asset(
+    partitions_def=hourly_partitions,
+    backfill_policy=single_run,
+    group_name=INGEST_GROUP,
+    kinds={"pandas", "parquet", "sql"},
+    code_version="1",
+)
+def collected_conversions(
+    context: dg.AssetExecutionContext, database: OperationalDatabase
+) -> dg.Output[pd.DataFrame]:
+    """Conversions the collection endpoint (browser pixel and site backend) committed to the
+    landing table with `received_at` in this hour, personal data already hashed."""
+    engine = database.engine()
+    frames = []
+    per_hour = {}
+    hours = hours_of_run(context)
+    for _key, hour in hours:
+        frame = read_landing_events(engine, hour, hour + timedelta(hours=1))
+        frame.insert(0, events.HOUR_COLUMN, pd.Timestamp(hour))
+        frames.append(frame)
+        per_hour[hour] = {
+            "conversions": len(frame),
+            "from_pixel": int((frame["source"] == events.SOURCE_PIXEL).sum()),
+            "from_server": int((frame["source"] == events.SOURCE_SERVER).sum()),
+        }
+    frame = events.conform(pd.concat(frames, ignore_index=True) if frames else events.empty_frame())
+    metadata = figures_metadata(context, per_hour, {h: k for k, h in hours})
+    metadata.update(
+        {"dagster/row_count": len(frame), "dagster/column_schema": column_schema(frame)}
+    )
+    return dg.Output(frame, metadata=metadata)

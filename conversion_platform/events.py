@@ -1,0 +1,287 @@
+"""The canonical conversion model: what every stage reads and writes.
+
+Two shapes exist:
+
+* the **incoming** fields (`INCOMING_FIELDS`): what a pixel, a backend or a log line
+  sends, in plaintext;
+* the **stored** columns (`STORED_COLUMNS`): what the platform keeps. Personal fields
+  (email, phone, names, external id) never appear here in plaintext: they are replaced,
+  where data enters, by the SHA-256 of their normalised form, in every variant a
+  destination needs (`email_sha256`, `email_google_sha256`, `phone_sha256`,
+  `phone_digits_sha256`, ...). Location fields are kept normalised, unhashed, because
+  Google and TikTok want them in the clear; destinations hash them where required.
+
+Every stage after ingest adds columns (`sources`, `dedupe_rule`, `person_id`, ...) listed
+in `STAGE_COLUMNS`; the frame between assets is always a pandas DataFrame with these names.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pandas as pd
+
+# --- event names ------------------------------------------------------------------------
+
+PURCHASE: Final = "purchase"
+LEAD: Final = "lead"
+COMPLETE_REGISTRATION: Final = "complete_registration"
+SIGN_UP: Final = "sign_up"
+START_TRIAL: Final = "start_trial"
+SUBSCRIBE: Final = "subscribe"
+ADD_TO_CART: Final = "add_to_cart"
+INITIATE_CHECKOUT: Final = "initiate_checkout"
+ADD_PAYMENT_INFO: Final = "add_payment_info"
+CONTACT: Final = "contact"
+SUBMIT_APPLICATION: Final = "submit_application"
+PAGE_VIEW: Final = "page_view"
+
+#: Standard event names. `page_view` is collected for identity (it carries click ids and
+#: cookies) and forwarded only where a destination enables it.
+STANDARD_EVENT_NAMES: Final[frozenset[str]] = frozenset(
+    {
+        PURCHASE,
+        LEAD,
+        COMPLETE_REGISTRATION,
+        SIGN_UP,
+        START_TRIAL,
+        SUBSCRIBE,
+        ADD_TO_CART,
+        INITIATE_CHECKOUT,
+        ADD_PAYMENT_INFO,
+        CONTACT,
+        SUBMIT_APPLICATION,
+        PAGE_VIEW,
+    }
+)
+
+#: Event names that are conversions (everything standard but `page_view`).
+CONVERSION_EVENT_NAMES: Final[frozenset[str]] = STANDARD_EVENT_NAMES - {PAGE_VIEW}
+
+#: Custom event names are accepted when they match this pattern (snake_case, bounded).
+CUSTOM_EVENT_NAME_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$"
+
+# --- sources and consent -------------------------------------------------------------------
+
+SOURCE_PIXEL: Final = "pixel"
+SOURCE_SERVER: Final = "server"
+SOURCE_LOG: Final = "log"
+SOURCES: Final[tuple[str, ...]] = (SOURCE_PIXEL, SOURCE_SERVER, SOURCE_LOG)
+
+CONSENT_GRANTED: Final = "granted"
+CONSENT_DENIED: Final = "denied"
+CONSENT_UNKNOWN: Final = "unknown"
+CONSENT_VALUES: Final[tuple[str, ...]] = (CONSENT_GRANTED, CONSENT_DENIED, CONSENT_UNKNOWN)
+
+ACTION_SOURCES: Final[tuple[str, ...]] = (
+    "website",
+    "app",
+    "phone_call",
+    "chat",
+    "email",
+    "physical_store",
+    "system_generated",
+    "other",
+)
+
+# --- incoming fields --------------------------------------------------------------------
+
+#: Click ids taken from the page URL's query string (query parameter -> column).
+CLICK_ID_PARAMETERS: Final[dict[str, str]] = {
+    "gclid": "gclid",
+    "gbraid": "gbraid",
+    "wbraid": "wbraid",
+    "fbclid": "fbclid",
+    "ttclid": "ttclid",
+    "ScCid": "sccid",
+    "sccid": "sccid",
+    "epik": "epik",
+    "li_fat_id": "li_fat_id",
+    "rdt_cid": "rdt_cid",
+    "msclkid": "msclkid",
+}
+CLICK_ID_COLUMNS: Final[tuple[str, ...]] = (
+    "gclid",
+    "gbraid",
+    "wbraid",
+    "fbclid",
+    "ttclid",
+    "sccid",
+    "epik",
+    "li_fat_id",
+    "rdt_cid",
+    "msclkid",
+)
+#: Platform cookies, kept as received (never hashed).
+COOKIE_COLUMNS: Final[tuple[str, ...]] = ("fbc", "fbp", "ttp")
+
+#: Personal fields: hashed where they enter, never stored in plaintext.
+PERSONAL_FIELDS: Final[tuple[str, ...]] = (
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "external_id",
+)
+#: Location fields: normalised where they enter, stored unhashed.
+LOCATION_FIELDS: Final[tuple[str, ...]] = ("city", "region", "postal_code", "country")
+
+#: The fields that arrive from a pixel, a backend or a log line.
+INCOMING_FIELDS: Final[tuple[str, ...]] = (
+    "event_id",
+    "event_name",
+    "event_time",
+    "received_at",
+    "source",
+    "action_source",
+    "page_url",
+    "referrer",
+    "mpid",
+    "external_id",
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "city",
+    "region",
+    "postal_code",
+    "country",
+    "client_ip",
+    "user_agent",
+    *CLICK_ID_COLUMNS,
+    *COOKIE_COLUMNS,
+    "value",
+    "currency",
+    "order_id",
+    "items",
+    "consent_ad_user_data",
+    "consent_ad_personalization",
+)
+
+# --- stored columns -----------------------------------------------------------------------
+
+#: Hashed identity columns that replace the personal fields (SHA-256, lowercase hex).
+HASHED_IDENTITY_COLUMNS: Final[tuple[str, ...]] = (
+    "email_sha256",  # trimmed, lowercased
+    "email_google_sha256",  # as above, dots removed from gmail.com / googlemail.com local parts
+    "phone_sha256",  # E.164 with the leading +
+    "phone_digits_sha256",  # E.164 digits only, no +
+    "first_name_sha256",
+    "last_name_sha256",
+    "external_id_sha256",
+)
+
+STRING_COLUMNS: Final[tuple[str, ...]] = (
+    "event_id",
+    "event_name",
+    "source",
+    "action_source",
+    "page_url",
+    "referrer",
+    "mpid",
+    *HASHED_IDENTITY_COLUMNS,
+    *LOCATION_FIELDS,
+    "client_ip",
+    "user_agent",
+    *CLICK_ID_COLUMNS,
+    *COOKIE_COLUMNS,
+    "currency",
+    "order_id",
+    "items",  # JSON array text: [{"id":..., "quantity":..., "price":...}]
+    "consent_ad_user_data",
+    "consent_ad_personalization",
+)
+TIMESTAMP_COLUMNS: Final[tuple[str, ...]] = ("event_time", "received_at")
+FLOAT_COLUMNS: Final[tuple[str, ...]] = ("value",)
+BOOL_COLUMNS: Final[tuple[str, ...]] = ("value_verified",)
+
+#: What the landing table and server-log ingest produce, in this order.
+STORED_COLUMNS: Final[tuple[str, ...]] = (
+    "event_id",
+    "event_name",
+    "event_time",
+    "received_at",
+    "source",
+    "action_source",
+    "page_url",
+    "referrer",
+    "mpid",
+    *HASHED_IDENTITY_COLUMNS,
+    *LOCATION_FIELDS,
+    "client_ip",
+    "user_agent",
+    *CLICK_ID_COLUMNS,
+    *COOKIE_COLUMNS,
+    "value",
+    "value_verified",
+    "currency",
+    "order_id",
+    "items",
+    "consent_ad_user_data",
+    "consent_ad_personalization",
+)
+
+#: The hour (UTC, on the hour) an event belongs to: the partition it was received in.
+HOUR_COLUMN: Final = "hour"
+
+#: Columns added by later stages.
+STAGE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "dedupe": ("sources", "dedupe_rule", "dedupe_key", "copies"),
+    "identity": ("person_id", "strong_keys_before", "strong_keys_after", "match_quality"),
+}
+
+TIMESTAMP_DTYPE: Final = "datetime64[ns, UTC]"
+STRING_DTYPE: Final = "string"
+
+
+def column_dtypes(columns: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Pandas dtypes of the named columns (strings nullable, times UTC, value float)."""
+    dtypes: dict[str, str] = {}
+    for column in columns:
+        if column in TIMESTAMP_COLUMNS or column == HOUR_COLUMN:
+            dtypes[column] = TIMESTAMP_DTYPE
+        elif column in FLOAT_COLUMNS or column in ("match_quality",):
+            dtypes[column] = "float64"
+        elif column in BOOL_COLUMNS:
+            dtypes[column] = "boolean"
+        elif column in ("copies", "strong_keys_before", "strong_keys_after"):
+            dtypes[column] = "int64"
+        else:
+            dtypes[column] = STRING_DTYPE
+    return dtypes
+
+
+CANONICAL_COLUMNS: Final[tuple[str, ...]] = (HOUR_COLUMN, *STORED_COLUMNS)
+
+
+def empty_frame(columns: tuple[str, ...] | list[str] = CANONICAL_COLUMNS) -> pd.DataFrame:
+    """An empty frame with the model's dtypes: what an hour without events holds."""
+    return conform(pd.DataFrame({c: [] for c in columns}), columns)
+
+
+def conform(
+    frame: pd.DataFrame, columns: tuple[str, ...] | list[str] = CANONICAL_COLUMNS
+) -> pd.DataFrame:
+    """Return `frame` with exactly `columns`, in order, with the model's dtypes.
+
+    Missing columns are added as nulls; extra columns are dropped.
+    """
+    dtypes = column_dtypes(columns)
+    out: dict[str, pd.Series] = {}
+    n = len(frame)
+    for column in columns:
+        dtype = dtypes[column]
+        if column in frame.columns:
+            series = frame[column]
+            if str(series.dtype) != dtype:
+                if dtype == TIMESTAMP_DTYPE:
+                    series = pd.to_datetime(series, utc=True, format="mixed")
+                    series = series.astype(TIMESTAMP_DTYPE)
+                else:
+                    series = series.astype(dtype)
+            out[column] = series.reset_index(drop=True)
+        else:
+            out[column] = pd.Series(
+                [pd.NA] * n if dtype != TIMESTAMP_DTYPE else [pd.NaT] * n, dtype=dtype
+            )
+    return pd.DataFrame(out, columns=list(columns))

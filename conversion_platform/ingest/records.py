@@ -1,0 +1,212 @@
+"""Turning incoming records (plaintext, as sent) into the stored canonical model.
+
+Shared by server-log ingest and the collector, so both normalise and hash personal data
+the same way before anything is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from conversion_platform import events
+from conversion_platform.transform.normalise import (
+    hash_identity_columns,
+    normalise_location_columns,
+)
+
+#: Prefix of event ids the platform derived itself (the sender gave none); dedupe treats
+#: them as absent and falls back to order ids and content fingerprints.
+GENERATED_EVENT_ID_PREFIX = "cpgen_"
+
+#: Fields that don't identify the event's content: left out of generated ids, so a
+#: re-sent or re-logged event gets the same id.
+_VOLATILE_FIELDS = frozenset({"received_at", "logged_at", "event_id"})
+
+_MAX_FIELD_LENGTH = 4_096
+
+#: What a coerced record holds: the incoming fields plus pre-hashed identity columns.
+_RECORD_FIELDS: tuple[str, ...] = (*events.INCOMING_FIELDS, *events.HASHED_IDENTITY_COLUMNS)
+
+
+class RecordError(ValueError):
+    """An incoming record that can't be a conversion; the message is the reason."""
+
+
+def parse_timestamp(value: Any, field: str) -> datetime:
+    """An aware UTC datetime from ISO 8601 with offset, or Unix seconds / milliseconds."""
+    if isinstance(value, bool) or value is None:
+        raise RecordError(f"{field} is missing")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise RecordError(f"{field} is not a finite number")
+        seconds = value / 1000 if value > 10_000_000_000 else value
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise RecordError(f"{field} is out of range") from exc
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError(f"{field} is not a timestamp")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise RecordError(f"{field} is not ISO 8601: {value[:40]!r}") from exc
+    if moment.tzinfo is None:
+        raise RecordError(f"{field} has no UTC offset")
+    return moment.astimezone(UTC)
+
+
+def generated_event_id(source: str, record: Mapping[str, Any]) -> str:
+    """A deterministic id from the record's source and content (volatile fields excluded)."""
+    content = {k: v for k, v in record.items() if k not in _VOLATILE_FIELDS and v is not None}
+    digest = hashlib.sha256(
+        source.encode() + b"\x00" + orjson.dumps(content, option=orjson.OPT_SORT_KEYS, default=str)
+    ).hexdigest()
+    return GENERATED_EVENT_ID_PREFIX + digest[:32]
+
+
+def _text(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+    elif isinstance(value, bool):
+        raise RecordError(f"{field} must be a string")
+    elif isinstance(value, int | float):
+        text = str(value)
+    else:
+        raise RecordError(f"{field} must be a string")
+    if len(text) > _MAX_FIELD_LENGTH:
+        raise RecordError(f"{field} is longer than {_MAX_FIELD_LENGTH} characters")
+    return text or None
+
+
+def _value(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise RecordError("value must be a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"value is not a number: {str(value)[:40]!r}") from exc
+    if not math.isfinite(number):
+        raise RecordError("value is not a finite number")
+    return number
+
+
+def _consent(value: Any, field: str) -> str:
+    if value is None or value == "":
+        return events.CONSENT_UNKNOWN
+    if isinstance(value, bool):
+        return events.CONSENT_GRANTED if value else events.CONSENT_DENIED
+    text = str(value).strip().lower()
+    if text in ("granted", "true", "yes", "1"):
+        return events.CONSENT_GRANTED
+    if text in ("denied", "false", "no", "0"):
+        return events.CONSENT_DENIED
+    if text == "unknown":
+        return events.CONSENT_UNKNOWN
+    raise RecordError(f"{field} must be granted, denied or unknown")
+
+
+def _items(value: Any) -> str | None:
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError("items is not a JSON array") from exc
+    if not isinstance(value, list) or not all(isinstance(i, dict) for i in value):
+        raise RecordError("items must be an array of objects")
+    return orjson.dumps(value).decode()
+
+
+def coerce_record(
+    record: Mapping[str, Any],
+    source: str,
+    received_at: datetime,
+    *,
+    default_event_time: datetime | None = None,
+) -> dict[str, Any]:
+    """Check and coerce one incoming record to the model's plain types (still plaintext).
+
+    Raises `RecordError` with the reason when what makes it a conversion is broken.
+    """
+    if not isinstance(record, Mapping):
+        raise RecordError("event must be a JSON object")
+    event_name = _text(record.get("event_name"), "event_name")
+    if not event_name:
+        raise RecordError("event_name is missing")
+    raw_time = record.get("event_time")
+    if raw_time is None and default_event_time is not None:
+        event_time = default_event_time
+    else:
+        event_time = parse_timestamp(raw_time, "event_time")
+    out: dict[str, Any] = dict.fromkeys(_RECORD_FIELDS)
+    for field in events.INCOMING_FIELDS:
+        if field in ("event_time", "received_at", "value", "items", "source") or field.startswith(
+            "consent_"
+        ):
+            continue
+        out[field] = _text(record.get(field), field)
+    out["event_name"] = event_name.lower()
+    out["event_time"] = event_time
+    out["received_at"] = received_at
+    out["source"] = source
+    out["value"] = _value(record.get("value"))
+    out["items"] = _items(record.get("items"))
+    out["consent_ad_user_data"] = _consent(
+        record.get("consent_ad_user_data"), "consent_ad_user_data"
+    )
+    out["consent_ad_personalization"] = _consent(
+        record.get("consent_ad_personalization"), "consent_ad_personalization"
+    )
+    if out["currency"]:
+        out["currency"] = out["currency"].upper()
+    out["action_source"] = (out["action_source"] or "website").lower()
+    # Pre-hashed identifiers sent under the stored names are kept (they pass through).
+    for column in events.HASHED_IDENTITY_COLUMNS:
+        if record.get(column) is not None:
+            out[column] = _text(record.get(column), column)
+    if not out["event_id"]:
+        out["event_id"] = generated_event_id(source, record)
+    return out
+
+
+def records_to_frame(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    hour_of: Sequence[datetime] | None = None,
+    value_verified: bool | Sequence[bool] = True,
+) -> tuple[pd.DataFrame, Counter[str]]:
+    """Coerced records to the stored model: location normalised, personal fields hashed.
+
+    Returns the frame (with the `hour` column when `hour_of` is given) and the count of
+    identity values dropped by reason (an email without `@`, a junk placeholder, ...).
+    """
+    columns = list(_RECORD_FIELDS)
+    frame = (
+        pd.DataFrame.from_records(list(records), columns=columns)
+        if records
+        else pd.DataFrame(columns=columns)
+    )
+    frame = normalise_location_columns(frame)
+    frame, dropped = hash_identity_columns(frame)
+    frame["value_verified"] = value_verified
+    for column in events.TIMESTAMP_COLUMNS:
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    if hour_of is not None:
+        frame[events.HOUR_COLUMN] = pd.to_datetime(
+            pd.Series(list(hour_of), dtype="object"), utc=True
+        )
+        return events.conform(frame, events.CANONICAL_COLUMNS), dropped
+    return events.conform(frame, events.STORED_COLUMNS), dropped

@@ -1,0 +1,72 @@
+"""The numbers a data team checks first, per hour: collected, duplicates, quarantined, delivered."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from conversion_platform.store.delivery_log import event_status_counts
+from conversion_platform.store.tables import quarantine
+from conversion_platform.store.timecodes import to_micros
+
+DELIVERED_STATUSES = ("delivered", "pending_status", "validated", "dry_run")
+
+
+def _rows(partitions_dir: Path, asset: str, key: str) -> int:
+    path = partitions_dir / asset / f"{key}.parquet"
+    return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+
+
+def hourly_summary(
+    engine: Engine, partitions_dir: Path, hours: list[tuple[str, datetime]], destinations: list[str]
+) -> pd.DataFrame:
+    """One row per hour: what came in, what was removed, what each destination got."""
+    if not hours:
+        return pd.DataFrame()
+    start, end = hours[0][1], hours[-1][1] + timedelta(hours=1)
+    with engine.connect() as conn:
+        quarantined = dict(
+            conn.execute(
+                sa.select(quarantine.c.hour_us, sa.func.count())
+                .where(
+                    quarantine.c.hour_us >= to_micros(start), quarantine.c.hour_us < to_micros(end)
+                )
+                .group_by(quarantine.c.hour_us)
+            ).fetchall()
+        )
+    statuses = event_status_counts(engine, start, end)
+    rows = []
+    for key, hour in hours:
+        collected = _rows(partitions_dir, "collected_conversions", key) + _rows(
+            partitions_dir, "server_log_conversions", key
+        )
+        deduplicated = _rows(partitions_dir, "deduplicated_conversions", key)
+        row: dict[str, object] = {
+            "hour": key,
+            "collected": collected,
+            "duplicates_removed": collected - deduplicated,
+            "quarantined": int(quarantined.get(to_micros(hour), 0)),
+            "valid": _rows(partitions_dir, "validated_conversions", key),
+        }
+        hour_statuses = (
+            statuses[statuses["hour_us"] == to_micros(hour)] if len(statuses) else statuses
+        )
+        for destination in destinations:
+            mine = (
+                hour_statuses[hour_statuses["destination"] == destination]
+                if len(hour_statuses)
+                else hour_statuses
+            )
+            delivered = (
+                int(mine.loc[mine["status"].isin(DELIVERED_STATUSES), "events"].sum())
+                if len(mine)
+                else 0
+            )
+            row[f"{destination} delivered"] = delivered
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,94 @@
+"""Platform settings, read from environment variables with defaults that work on a laptop.
+
+| variable | default | meaning |
+|---|---|---|
+| `CONVERSION_PLATFORM_HOME` | `./.conversion_platform` | all local state: SQLite database, Parquet partitions, outbox |
+| `CONVERSION_PLATFORM_DB_URL` | SQLite file in HOME (WAL) | SQLAlchemy URL of the operational database |
+| `CONVERSION_PLATFORM_LOGS_DIR` | `HOME/server_logs` | server logs to ingest (plain or .gz) |
+| `CONVERSION_PLATFORM_DESTINATIONS` | `seeds/destinations.yaml` | enabled destinations and their settings |
+| `CONVERSION_PLATFORM_ACCESS_LOG_RULES` | `seeds/access_log_rules.yaml` | URL rules turning access-log lines into conversions |
+| `CONVERSION_PLATFORM_CONSENT_REQUIRED` | `false` | `true`: unknown consent counts as denied |
+| `CONVERSION_PLATFORM_DEDUPE_WINDOW_HOURS` | `168` | how long a dedupe key is remembered |
+| `CONVERSION_PLATFORM_MAX_EVENT_AGE_HOURS` | `168` | events older than this (vs. received) are invalid |
+| `CONVERSION_PLATFORM_MAX_INVALID_RATE` | `0.10` | blocking check: an hour above this is not delivered |
+| `CONVERSION_PLATFORM_SCHEDULE_DELAY_MINUTES` | `10` | the hourly schedule runs hour H at H+1h plus this |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The repository's `seeds/` folder (the package is installed in editable mode from it).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SEEDS_DIR = REPO_ROOT / "seeds"
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+def _seed_path(variable: str, filename: str) -> Path:
+    raw = os.environ.get(variable)
+    if raw:
+        return Path(raw).expanduser().resolve()
+    local = Path.cwd() / "seeds" / filename
+    return local if local.exists() else SEEDS_DIR / filename
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; build with `Settings.from_env()`."""
+
+    home: Path
+    db_url: str
+    logs_dir: Path
+    destinations_file: Path
+    access_log_rules_file: Path
+    consent_required: bool = False
+    dedupe_window_hours: float = 168.0
+    max_event_age_hours: float = 168.0
+    max_invalid_rate: float = 0.10
+    schedule_delay_minutes: int = 10
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = Path(os.environ.get("CONVERSION_PLATFORM_HOME") or "./.conversion_platform")
+        home = home.expanduser().resolve()
+        db_url = os.environ.get("CONVERSION_PLATFORM_DB_URL") or f"sqlite:///{home / 'platform.db'}"
+        logs_dir = Path(os.environ.get("CONVERSION_PLATFORM_LOGS_DIR") or home / "server_logs")
+        return cls(
+            home=home,
+            db_url=db_url,
+            logs_dir=logs_dir.expanduser().resolve(),
+            destinations_file=_seed_path("CONVERSION_PLATFORM_DESTINATIONS", "destinations.yaml"),
+            access_log_rules_file=_seed_path(
+                "CONVERSION_PLATFORM_ACCESS_LOG_RULES", "access_log_rules.yaml"
+            ),
+            consent_required=_env_bool("CONVERSION_PLATFORM_CONSENT_REQUIRED", False),
+            dedupe_window_hours=_env_float("CONVERSION_PLATFORM_DEDUPE_WINDOW_HOURS", 168.0),
+            max_event_age_hours=_env_float("CONVERSION_PLATFORM_MAX_EVENT_AGE_HOURS", 168.0),
+            max_invalid_rate=_env_float("CONVERSION_PLATFORM_MAX_INVALID_RATE", 0.10),
+            schedule_delay_minutes=int(
+                _env_float("CONVERSION_PLATFORM_SCHEDULE_DELAY_MINUTES", 10)
+            ),
+        )
+
+    @property
+    def partitions_dir(self) -> Path:
+        """Parquet files of each asset's hourly partitions."""
+        return self.home / "partitions"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Request bodies written by destinations in dry-run mode."""
+        return self.home / "outbox"

@@ -1,0 +1,196 @@
+"""The delivery log: one row per request attempt, and each event's latest outcome.
+
+An event delivered to a destination is never sent to it again: `settled_event_ids`
+tells the delivery step what to skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from conversion_platform.store.tables import delivery_batches, delivery_events
+from conversion_platform.store.timecodes import now_micros, to_micros
+
+EVENT_DELIVERED = "delivered"
+EVENT_PENDING_STATUS = "pending_status"
+EVENT_DRY_RUN = "dry_run"
+EVENT_VALIDATED = "validated"
+EVENT_RETRYABLE = "retryable"
+EVENT_PERMANENT = "permanent"
+EVENT_EXPIRED = "expired"
+EVENT_FILTERED = "filtered"
+EVENT_DEAD_LETTER = "dead_letter"
+
+#: Outcomes after which an event is never sent again (replay moves dead letters back).
+SETTLED_STATUSES = frozenset(
+    {EVENT_DELIVERED, EVENT_PENDING_STATUS, EVENT_PERMANENT, EVENT_DEAD_LETTER}
+)
+
+_CHUNK = 5_000
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    event_id: str
+    event_name: str | None
+    status: str
+    reason: str | None = None
+    batch_id: int | None = None
+    match_quality: float | None = None
+
+
+def settled_event_ids(conn: Connection, destination: str, event_ids: list[str]) -> set[str]:
+    """Those of `event_ids` that need no further sending to `destination`."""
+    settled: set[str] = set()
+    for i in range(0, len(event_ids), _CHUNK):
+        chunk = event_ids[i : i + _CHUNK]
+        rows = conn.execute(
+            sa.select(delivery_events.c.event_id).where(
+                delivery_events.c.destination == destination,
+                delivery_events.c.event_id.in_(chunk),
+                delivery_events.c.status.in_(SETTLED_STATUSES),
+            )
+        )
+        settled.update(r[0] for r in rows)
+    return settled
+
+
+def record_batch(
+    conn: Connection,
+    *,
+    destination: str,
+    hour: datetime,
+    run_id: str | None,
+    batch_number: int,
+    attempt: int,
+    mode: str,
+    status: str,
+    http_status: int | None,
+    event_ids: list[str],
+    response: str | None,
+    retry_after_s: float | None,
+    platform_request_id: str | None,
+    started_at_us: int,
+) -> int:
+    """Add one attempt's row; returns its id."""
+    result = conn.execute(
+        delivery_batches.insert().values(
+            destination=destination,
+            hour_us=to_micros(hour),
+            run_id=run_id,
+            batch_number=batch_number,
+            attempt=attempt,
+            mode=mode,
+            status=status,
+            http_status=http_status,
+            event_count=len(event_ids),
+            event_ids=orjson.dumps(event_ids).decode(),
+            response=(response or "")[:4_000] or None,
+            retry_after_s=retry_after_s,
+            platform_request_id=platform_request_id,
+            started_at_us=started_at_us,
+            finished_at_us=now_micros(),
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+def record_event_outcomes(
+    conn: Connection, destination: str, hour: datetime, outcomes: Iterable[EventOutcome]
+) -> None:
+    """Upsert each event's latest outcome; `attempts` counts sends across runs."""
+    now = now_micros()
+    rows = [
+        {
+            "destination": destination,
+            "event_id": o.event_id,
+            "event_name": o.event_name,
+            "hour_us": to_micros(hour),
+            "status": o.status,
+            "reason": (o.reason or "")[:1_000] or None,
+            "batch_id": o.batch_id,
+            "attempts": 1 if o.batch_id is not None else 0,
+            "match_quality": o.match_quality,
+            "updated_at_us": now,
+        }
+        for o in outcomes
+    ]
+    if not rows:
+        return
+    insert = (
+        postgresql.insert(delivery_events)
+        if conn.engine.dialect.name == "postgresql"
+        else sqlite.insert(delivery_events)
+    )
+    stmt = insert.on_conflict_do_update(
+        index_elements=["destination", "event_id"],
+        set_={
+            "status": insert.excluded.status,
+            "reason": insert.excluded.reason,
+            "batch_id": sa.func.coalesce(insert.excluded.batch_id, delivery_events.c.batch_id),
+            "attempts": delivery_events.c.attempts + insert.excluded.attempts,
+            "match_quality": insert.excluded.match_quality,
+            "updated_at_us": insert.excluded.updated_at_us,
+            "hour_us": delivery_events.c.hour_us,
+        },
+    )
+    for i in range(0, len(rows), _CHUNK):
+        conn.execute(stmt, rows[i : i + _CHUNK])
+
+
+def event_status_counts(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
+    """Events per (destination, hour, status) for hours in [start, end)."""
+    query = (
+        sa.select(
+            delivery_events.c.destination,
+            delivery_events.c.hour_us,
+            delivery_events.c.status,
+            sa.func.count().label("events"),
+        )
+        .where(
+            delivery_events.c.hour_us >= to_micros(start),
+            delivery_events.c.hour_us < to_micros(end),
+        )
+        .group_by(
+            delivery_events.c.destination, delivery_events.c.hour_us, delivery_events.c.status
+        )
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).fetchall()
+    return pd.DataFrame(rows, columns=["destination", "hour_us", "status", "events"])
+
+
+def event_reasons(
+    engine: Engine, destination: str, start: datetime, end: datetime, statuses: tuple[str, ...]
+) -> dict[str, int]:
+    """Count of events by reason for the given statuses in [start, end)."""
+    query = (
+        sa.select(delivery_events.c.reason, sa.func.count())
+        .where(
+            delivery_events.c.destination == destination,
+            delivery_events.c.hour_us >= to_micros(start),
+            delivery_events.c.hour_us < to_micros(end),
+            delivery_events.c.status.in_(statuses),
+        )
+        .group_by(delivery_events.c.reason)
+    )
+    with engine.connect() as conn:
+        return {str(r[0]): int(r[1]) for r in conn.execute(query)}
+
+
+def batch_rows(engine: Engine, destination: str | None = None) -> list[dict[str, Any]]:
+    """Every batch row (for tests, the CLI and the retry sensor)."""
+    query = sa.select(delivery_batches).order_by(delivery_batches.c.id)
+    if destination is not None:
+        query = query.where(delivery_batches.c.destination == destination)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]

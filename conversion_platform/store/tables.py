@@ -1,0 +1,140 @@
+"""SQLAlchemy tables of the operational database.
+
+Times are integer microseconds since the epoch (UTC), columns suffixed `_us`; see
+`timecodes`. Personal data is never stored in plaintext: the landing table holds only
+the hashed identity columns of the canonical model.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from conversion_platform import events
+
+metadata = sa.MetaData()
+
+
+def _landing_columns() -> list[sa.Column]:
+    columns: list[sa.Column] = [
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        )
+    ]
+    for name in events.STORED_COLUMNS:
+        if name in events.TIMESTAMP_COLUMNS:
+            columns.append(sa.Column(f"{name}_us", sa.BigInteger, nullable=name != "received_at"))
+        elif name in events.FLOAT_COLUMNS:
+            columns.append(sa.Column(name, sa.Float))
+        elif name in events.BOOL_COLUMNS:
+            columns.append(sa.Column(name, sa.Boolean))
+        else:
+            columns.append(sa.Column(name, sa.Text))
+    columns.append(sa.Column("site", sa.Text))
+    return columns
+
+
+#: What the collector commits before it acknowledges; read by `received_at` per hour.
+landing_events = sa.Table(
+    "landing_events",
+    metadata,
+    *_landing_columns(),
+    sa.Index("ix_landing_events_received_at_us", "received_at_us"),
+)
+
+#: Every record that could not be used, with where it came from and why (redacted).
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("stage", sa.Text, nullable=False),  # parse | collector | validation
+    sa.Column("source", sa.Text, nullable=False),  # log | pixel | server
+    sa.Column("hour_us", sa.BigInteger, nullable=False),
+    sa.Column("origin", sa.Text, nullable=False),  # file:line, request, or event key
+    sa.Column("event_id", sa.Text),
+    sa.Column("event_name", sa.Text),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("raw_redacted", sa.Text),
+    sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_quarantine_hour_stage", "hour_us", "stage"),
+)
+
+#: Time range of each server-log file, so an hour opens only files that can hold it.
+log_file_index = sa.Table(
+    "log_file_index",
+    metadata,
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("first_time_us", sa.BigInteger),
+    sa.Column("last_time_us", sa.BigInteger),
+    sa.Column("lines", sa.BigInteger, nullable=False),
+    sa.Column("indexed_at_us", sa.BigInteger, nullable=False),
+)
+
+#: Dedupe keys seen, each owned by the earliest hour that received it.
+dedupe_ledger = sa.Table(
+    "dedupe_ledger",
+    metadata,
+    sa.Column("dedupe_key", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("hour_us", sa.BigInteger, nullable=False),
+    sa.Column("event_time_us", sa.BigInteger),
+    sa.Column("recorded_at_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_dedupe_ledger_hour", "hour_us"),
+)
+
+#: One row per request body sent (or written to the outbox) to a destination.
+delivery_batches = sa.Table(
+    "delivery_batches",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("destination", sa.Text, nullable=False),
+    sa.Column("hour_us", sa.BigInteger, nullable=False),
+    sa.Column("run_id", sa.Text),
+    sa.Column("batch_number", sa.Integer, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("mode", sa.Text, nullable=False),  # live | validate | dry_run
+    sa.Column(
+        "status", sa.Text, nullable=False
+    ),  # delivered | partial | retryable | permanent | auth | dry_run
+    sa.Column("http_status", sa.Integer),
+    sa.Column("event_count", sa.Integer, nullable=False),
+    sa.Column("event_ids", sa.Text, nullable=False),  # JSON array
+    sa.Column("response", sa.Text),  # the platform's answer or error, truncated
+    sa.Column("retry_after_s", sa.Float),
+    sa.Column("platform_request_id", sa.Text),
+    sa.Column("started_at_us", sa.BigInteger, nullable=False),
+    sa.Column("finished_at_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_delivery_batches_dest_hour", "destination", "hour_us"),
+)
+
+#: Each event's latest outcome per destination: delivered at most once, ever.
+delivery_events = sa.Table(
+    "delivery_events",
+    metadata,
+    sa.Column("destination", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("event_name", sa.Text),
+    sa.Column("hour_us", sa.BigInteger, nullable=False),
+    # delivered | dry_run | validated | retryable | permanent | expired | filtered | dead_letter
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("batch_id", sa.BigInteger),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("match_quality", sa.Float),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_delivery_events_dest_hour", "destination", "hour_us"),
+)
