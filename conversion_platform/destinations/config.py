@@ -51,6 +51,8 @@ class DestinationConfig:
     in_run_attempts: int = 3
     #: longest wait between in-run attempts (a longer Retry-After is left to the sensor)
     max_in_run_wait_seconds: float = 5.0
+    #: first wait between in-run attempts without a Retry-After (doubled each attempt)
+    retry_backoff_seconds: float = 0.5
 
     def read_credentials(self) -> dict[str, str] | None:
         """Credential values from the environment, or None when any is missing."""
@@ -100,6 +102,7 @@ def _entry(name: str, raw: dict[str, Any]) -> DestinationConfig:
         timeout_seconds=float(raw.get("timeout_seconds", 10.0)),
         in_run_attempts=int(raw.get("in_run_attempts", 3)),
         max_in_run_wait_seconds=float(raw.get("max_in_run_wait_seconds", 5.0)),
+        retry_backoff_seconds=float(raw.get("retry_backoff_seconds", 0.5)),
     )
 
 

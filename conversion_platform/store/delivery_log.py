@@ -22,6 +22,9 @@ from conversion_platform.store.timecodes import now_micros, to_micros
 
 EVENT_DELIVERED = "delivered"
 EVENT_PENDING_STATUS = "pending_status"
+#: accepted in a request the platform later reported as partly failed without saying which
+#: events failed (Google Data Manager reports counts per reason), or never reported on
+EVENT_UNCONFIRMED = "unconfirmed"
 EVENT_DRY_RUN = "dry_run"
 EVENT_VALIDATED = "validated"
 EVENT_RETRYABLE = "retryable"
@@ -32,7 +35,7 @@ EVENT_DEAD_LETTER = "dead_letter"
 
 #: Outcomes after which an event is never sent again (replay moves dead letters back).
 SETTLED_STATUSES = frozenset(
-    {EVENT_DELIVERED, EVENT_PENDING_STATUS, EVENT_PERMANENT, EVENT_DEAD_LETTER}
+    {EVENT_DELIVERED, EVENT_PENDING_STATUS, EVENT_UNCONFIRMED, EVENT_PERMANENT, EVENT_DEAD_LETTER}
 )
 
 _CHUNK = 5_000
@@ -194,3 +197,65 @@ def batch_rows(engine: Engine, destination: str | None = None) -> list[dict[str,
         query = query.where(delivery_batches.c.destination == destination)
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]
+
+
+# --- requests the platform reports on later (Google Data Manager) --------------------------
+
+
+def pending_status_batches(
+    conn: Connection, destination: str, limit: int = 500
+) -> list[dict[str, Any]]:
+    """Accepted requests of `destination` still waiting for their per-event status, oldest first."""
+    query = (
+        sa.select(
+            delivery_batches.c.id,
+            delivery_batches.c.hour_us,
+            delivery_batches.c.event_ids,
+            delivery_batches.c.platform_request_id,
+            delivery_batches.c.finished_at_us,
+        )
+        .where(
+            delivery_batches.c.destination == destination,
+            delivery_batches.c.status == EVENT_PENDING_STATUS,
+        )
+        .order_by(delivery_batches.c.id)
+        .limit(limit)
+    )
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def resolve_pending_batch(
+    conn: Connection,
+    batch_id: int,
+    *,
+    batch_status: str,
+    response: str | None,
+    event_status: str,
+    reason: str | None,
+) -> int:
+    """Record a request's final status: its row, and each of its events still pending.
+
+    Returns how many events changed. Events re-sent or settled since are left alone.
+    """
+    now = now_micros()
+    conn.execute(
+        delivery_batches.update()
+        .where(delivery_batches.c.id == batch_id)
+        .values(status=batch_status, response=(response or "")[:4_000] or None, resolved_at_us=now)
+    )
+    result = conn.execute(
+        delivery_events.update()
+        .where(
+            delivery_events.c.batch_id == batch_id,
+            delivery_events.c.status == EVENT_PENDING_STATUS,
+        )
+        .values(status=event_status, reason=(reason or "")[:1_000] or None, updated_at_us=now)
+    )
+    return int(result.rowcount or 0)
+
+
+def event_rows(engine: Engine, destination: str) -> dict[str, dict[str, Any]]:
+    """Each event's latest outcome at `destination`, by event id (for tests and the CLI)."""
+    query = sa.select(delivery_events).where(delivery_events.c.destination == destination)
+    with engine.connect() as conn:
+        return {r["event_id"]: dict(r) for r in conn.execute(query).mappings()}

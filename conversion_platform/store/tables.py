@@ -109,7 +109,7 @@ delivery_batches = sa.Table(
     sa.Column("mode", sa.Text, nullable=False),  # live | validate | dry_run
     sa.Column(
         "status", sa.Text, nullable=False
-    ),  # delivered | partial | retryable | permanent | auth | dry_run
+    ),  # delivered | partial | retryable | permanent | auth | dry_run | validated | pending_status
     sa.Column("http_status", sa.Integer),
     sa.Column("event_count", sa.Integer, nullable=False),
     sa.Column("event_ids", sa.Text, nullable=False),  # JSON array
@@ -118,7 +118,10 @@ delivery_batches = sa.Table(
     sa.Column("platform_request_id", sa.Text),
     sa.Column("started_at_us", sa.BigInteger, nullable=False),
     sa.Column("finished_at_us", sa.BigInteger, nullable=False),
+    # when a request the platform reports on later (Google) got its final per-event status
+    sa.Column("resolved_at_us", sa.BigInteger),
     sa.Index("ix_delivery_batches_dest_hour", "destination", "hour_us"),
+    sa.Index("ix_delivery_batches_dest_status", "destination", "status"),
 )
 
 #: Each event's latest outcome per destination: delivered at most once, ever.
@@ -129,7 +132,8 @@ delivery_events = sa.Table(
     sa.Column("event_id", sa.Text, primary_key=True),
     sa.Column("event_name", sa.Text),
     sa.Column("hour_us", sa.BigInteger, nullable=False),
-    # delivered | dry_run | validated | retryable | permanent | expired | filtered | dead_letter
+    # delivered | pending_status | unconfirmed | dry_run | validated | retryable | permanent
+    # | expired | filtered | dead_letter
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("batch_id", sa.BigInteger),
