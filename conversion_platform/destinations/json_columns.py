@@ -170,11 +170,18 @@ def member(key: str, value_json: pa.Array) -> pa.Array:
 
 
 def join_members(members: Iterable[pa.Array]) -> pa.Array:
-    """Members joined with commas, nulls skipped (`""` when every member is null)."""
+    """Members joined with commas, nulls skipped (`""` when every member is null).
+
+    Not `binary_join_element_wise(..., null_handling="skip")`: in pyarrow 26 it drops the
+    rows where every input is null, so the output comes out shorter than its inputs.
+    """
     members = list(members)
     if len(members) == 1:
         return members[0].fill_null(lit(""))
-    return pc.binary_join_element_wise(*members, lit(","), null_handling="skip")
+    # Each present member followed by a comma, absent ones empty; then the one comma left
+    # at the end goes (a member is `"key":<JSON value>`, and no JSON value ends in a comma).
+    with_commas = [concat(m, lit(",")).fill_null(lit("")) for m in members]
+    return pc.utf8_rtrim(concat(*with_commas), characters=",")
 
 
 def obj(*members: pa.Array) -> pa.Array:
