@@ -114,97 +114,85 @@ class GoogleAdsDataManager(Destination):
         text = lambda column: jc.text_column(frame, column)  # noqa: E731
         actions = self.platform_event_names(frame, config)
         seconds = jc.unix_seconds(frame)
-        digest = lambda column: jc.quoted(jc.hex_digests(text(column)))  # noqa: E731
-        country = text("country")
+        given = jc.hex_digests(text("first_name_sha256"))
+        family = jc.hex_digests(text("last_name_sha256"))
+        country = jc.apply_text(text("country"), str.upper)
         postal = text("postal_code")
-        address = jc.obj(
-            jc.member("givenName", digest("first_name_sha256")),
-            jc.member("familyName", digest("last_name_sha256")),
-            jc.member("regionCode", jc.json_strings(jc.apply_text(country, str.upper))),
-            jc.member("postalCode", jc.json_strings(postal)),
+        address = (
+            jc.JsonObject(n)
+            .plain_string("givenName", given)
+            .plain_string("familyName", family)
+            .string("regionCode", country)
+            .string("postalCode", postal)
         )
+        # Google takes an address only whole: both names, region and postal code.
         full_address = (
-            jc.is_present(jc.hex_digests(text("first_name_sha256")))
-            & jc.is_present(jc.hex_digests(text("last_name_sha256")))
+            jc.is_present(given)
+            & jc.is_present(family)
             & jc.is_present(country)
             & jc.is_present(postal)
         )
+        email = jc.hex_digests(text("email_google_sha256"))
+        phone = jc.hex_digests(text("phone_sha256"))
         identifiers = jc.list_of_present(
             [
-                jc.concat(jc.lit('{"emailAddress":'), digest("email_google_sha256"), jc.lit("}")),
-                jc.concat(jc.lit('{"phoneNumber":'), digest("phone_sha256"), jc.lit("}")),
-                jc.mask_where(jc.concat(jc.lit('{"address":'), address, jc.lit("}")), full_address),
+                jc.concat(jc.lit('{"emailAddress":"'), email, jc.lit('"}')),
+                jc.concat(jc.lit('{"phoneNumber":"'), phone, jc.lit('"}')),
+                jc.mask_where(
+                    jc.concat(jc.lit('{"address":'), address.build(), jc.lit("}")), full_address
+                ),
             ][:MAX_IDENTIFIERS]
         )
         gclid, gbraid, wbraid = text("gclid"), text("gbraid"), text("wbraid")
+        has_gclid, has_gbraid = jc.is_present(gclid), jc.is_present(gbraid)
         # One click id an event: gclid, else the iOS app-to-web / web-to-app variants.
-        ad_identifiers = jc.obj_or_null(
-            jc.member("gclid", jc.json_strings(gclid)),
-            jc.member("gbraid", jc.mask_where(jc.json_strings(gbraid), ~jc.is_present(gclid))),
-            jc.member(
-                "wbraid",
-                jc.mask_where(
-                    jc.json_strings(wbraid), ~(jc.is_present(gclid) | jc.is_present(gbraid))
-                ),
-            ),
+        ad_identifiers = (
+            jc.JsonObject(n)
+            .string("gclid", gclid)
+            .string("gbraid", jc.mask_where(gbraid, ~has_gclid))
+            .string("wbraid", jc.mask_where(wbraid, ~(has_gclid | has_gbraid)))
         )
-        consent = jc.obj_or_null(
-            jc.member("adUserData", jc.quoted(jc.map_text(text("consent_ad_user_data"), CONSENT))),
-            jc.member(
-                "adPersonalization",
-                jc.quoted(jc.map_text(text("consent_ad_personalization"), CONSENT)),
-            ),
+        device = (
+            jc.JsonObject(n)
+            .string("userAgent", text("user_agent"))
+            .string("ipAddress", text("client_ip"))
+        )
+        consent = (
+            jc.JsonObject(n)
+            .plain_string("adUserData", jc.map_text(text("consent_ad_user_data"), CONSENT))
+            .plain_string(
+                "adPersonalization", jc.map_text(text("consent_ad_personalization"), CONSENT)
+            )
         )
         source = jc.map_text(
             text("action_source").fill_null(jc.lit("website")),
             {s: EVENT_SOURCES.get(s, "OTHER") for s in events.ACTION_SOURCES},
         ).fill_null(jc.lit("OTHER"))
-        members = [
-            jc.member("destinationReferences", jc.list_of_one(jc.json_strings(actions))),
-            jc.member(
-                "transactionId", jc.json_strings(jc.coalesce(text("order_id"), text("event_id")))
-            ),
-            jc.member(
-                "eventTimestamp", jc.quoted(jc.formatted_times(seconds, "%Y-%m-%dT%H:%M:%SZ"))
-            ),
-            jc.member("eventSource", jc.quoted(source)),
-            jc.member(
-                "userData", jc.concat(jc.lit('{"userIdentifiers":'), identifiers, jc.lit("}"))
-            ),
-            jc.member("adIdentifiers", ad_identifiers),
-            jc.member(
-                "eventDeviceInfo",
-                jc.obj_or_null(
-                    jc.member("userAgent", jc.json_strings(text("user_agent"))),
-                    jc.member("ipAddress", jc.json_strings(text("client_ip"))),
-                ),
-            ),
-            jc.member("consent", consent),
-            jc.member("conversionValue", jc.json_numbers(jc.float_values(frame, "value"))),
-            jc.member("currency", jc.json_strings(text("currency"))),
-        ]
+        event = (
+            jc.JsonObject(n)
+            .string_list("destinationReferences", actions.fill_null(jc.EMPTY))
+            .string("transactionId", jc.coalesce(text("order_id"), text("event_id")))
+            .plain_string("eventTimestamp", jc.formatted_times(seconds, "%Y-%m-%dT%H:%M:%SZ"))
+            .plain_string("eventSource", source)
+            .raw("userData", jc.concat(jc.lit('{"userIdentifiers":'), identifiers, jc.lit("}")))
+            .object("adIdentifiers", ad_identifiers)
+            .object("eventDeviceInfo", device)
+            .object("consent", consent)
+            .number("conversionValue", jc.float_values(frame, "value"))
+            .string("currency", text("currency"))
+        )
         merchant_id = config.settings.get("merchant_id")
         if merchant_id:
             items = jc.items_json(
                 jc.parse_items(frame), ("merchantProductId", "quantity", "unitPrice")
             )
-            members.append(
-                jc.member(
-                    "cartData",
-                    jc.concat(
-                        jc.lit(
-                            '{"merchantId":' + orjson.dumps(str(merchant_id)).decode() + ',"items":'
-                        ),
-                        items,
-                        jc.lit("}"),
-                    ),
-                )
-            )
+            opening = '{"merchantId":' + orjson.dumps(str(merchant_id)).decode() + ',"items":'
+            event.raw("cartData", jc.concat(jc.lit(opening), items, jc.lit("}")))
         problems = first_problem(
             n, [(~jc.is_present(actions), "no conversion action configured for this event")]
         )
-        groups = actions.fill_null(jc.lit("")).to_pylist()
-        return EncodedEvents(jc.obj(*members), problems, groups)
+        groups = actions.fill_null(jc.EMPTY).to_pylist()
+        return EncodedEvents(event.build(), problems, groups)
 
     def build_request(
         self,

@@ -86,51 +86,56 @@ class GoogleAdsClickConversions(Destination):
         actions = self.platform_event_names(frame, config)
         action_names = jc.concat(jc.lit(f"customers/{customer_id}/conversionActions/"), actions)
         seconds = jc.unix_seconds(frame)
-        digest = lambda column: jc.quoted(jc.hex_digests(text(column)))  # noqa: E731
-        address = jc.obj_or_null(
-            jc.member("hashedFirstName", digest("first_name_sha256")),
-            jc.member("hashedLastName", digest("last_name_sha256")),
-            jc.member("city", jc.json_strings(text("city"))),
-            jc.member("state", jc.json_strings(text("region"))),
-            jc.member("countryCode", jc.json_strings(jc.apply_text(text("country"), str.upper))),
-            jc.member("postalCode", jc.json_strings(text("postal_code"))),
+        address = (
+            jc.JsonObject(n)
+            .plain_string("hashedFirstName", jc.hex_digests(text("first_name_sha256")))
+            .plain_string("hashedLastName", jc.hex_digests(text("last_name_sha256")))
+            .string("city", text("city"))
+            .string("state", text("region"))
+            .string("countryCode", jc.apply_text(text("country"), str.upper))
+            .string("postalCode", text("postal_code"))
         )
         identifiers = jc.list_of_present(
             [
-                jc.concat(jc.lit('{"hashedEmail":'), digest("email_google_sha256"), jc.lit("}")),
-                jc.concat(jc.lit('{"hashedPhoneNumber":'), digest("phone_sha256"), jc.lit("}")),
-                jc.concat(jc.lit('{"addressInfo":'), address, jc.lit("}")),
+                jc.concat(
+                    jc.lit('{"hashedEmail":"'),
+                    jc.hex_digests(text("email_google_sha256")),
+                    jc.lit('"}'),
+                ),
+                jc.concat(
+                    jc.lit('{"hashedPhoneNumber":"'),
+                    jc.hex_digests(text("phone_sha256")),
+                    jc.lit('"}'),
+                ),
+                jc.concat(jc.lit('{"addressInfo":'), address.build_or_null(), jc.lit("}")),
             ][:MAX_IDENTIFIERS]
         )
         gclid, gbraid, wbraid = text("gclid"), text("gbraid"), text("wbraid")
         has_gclid, has_gbraid = jc.is_present(gclid), jc.is_present(gbraid)
-        members = [
-            jc.member("gclid", jc.json_strings(gclid)),
-            jc.member("gbraid", jc.mask_where(jc.json_strings(gbraid), ~has_gclid)),
-            jc.member("wbraid", jc.mask_where(jc.json_strings(wbraid), ~(has_gclid | has_gbraid))),
-            jc.member("conversionAction", jc.json_strings(action_names)),
-            jc.member(
-                "conversionDateTime",
-                jc.quoted(jc.formatted_times(seconds, "%Y-%m-%d %H:%M:%S+00:00")),
-            ),
-            jc.member("conversionValue", jc.json_numbers(jc.float_values(frame, "value"))),
-            jc.member("currencyCode", jc.json_strings(text("currency"))),
-            jc.member("orderId", jc.json_strings(jc.coalesce(text("order_id"), text("event_id")))),
-            jc.member("userIdentifiers", identifiers),
-            jc.member("userIpAddress", jc.json_strings(text("client_ip"))),
-            jc.member(
-                "consent",
-                jc.obj_or_null(
-                    jc.member(
-                        "adUserData", jc.quoted(jc.map_text(text("consent_ad_user_data"), CONSENT))
-                    ),
-                    jc.member(
-                        "adPersonalization",
-                        jc.quoted(jc.map_text(text("consent_ad_personalization"), CONSENT)),
-                    ),
-                ),
-            ),
-        ]
+        consent = (
+            jc.JsonObject(n)
+            .plain_string("adUserData", jc.map_text(text("consent_ad_user_data"), CONSENT))
+            .plain_string(
+                "adPersonalization", jc.map_text(text("consent_ad_personalization"), CONSENT)
+            )
+        )
+        conversion = (
+            jc.JsonObject(n)
+            .string("conversionAction", action_names.fill_null(jc.EMPTY))
+            .plain_string(
+                "conversionDateTime", jc.formatted_times(seconds, "%Y-%m-%d %H:%M:%S+00:00")
+            )
+            # At most one click id a conversion: gclid, else gbraid, else wbraid.
+            .string("gclid", gclid)
+            .string("gbraid", jc.mask_where(gbraid, ~has_gclid))
+            .string("wbraid", jc.mask_where(wbraid, ~(has_gclid | has_gbraid)))
+            .number("conversionValue", jc.float_values(frame, "value"))
+            .string("currencyCode", text("currency"))
+            .string("orderId", jc.coalesce(text("order_id"), text("event_id")))
+            .raw("userIdentifiers", identifiers)
+            .string("userIpAddress", text("client_ip"))
+            .object("consent", consent)
+        )
         has_click = has_gclid | has_gbraid | jc.is_present(wbraid)
         problems = first_problem(
             n,
@@ -142,7 +147,7 @@ class GoogleAdsClickConversions(Destination):
                 ),
             ],
         )
-        return EncodedEvents(jc.obj(*members), problems)
+        return EncodedEvents(conversion.build(), problems)
 
     def build_request(
         self,

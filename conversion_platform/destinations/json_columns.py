@@ -1,21 +1,26 @@
 """Building platform JSON a column at a time, with Arrow compute.
 
 A Python dict per event plus `json.dumps` costs about 10 s per million events per
-destination. Here each JSON member is built for all events at once (`"em":["<hash>"]`,
-null where the event has no value), members are joined into objects with nulls skipped,
-and the events of a request are one slice of a single buffer. Only values that need
-JSON escaping (rare: quotes, backslashes, control characters) and digests of distinct
-location values go through Python.
+destination. Here a `JsonObject` collects, member by member, column "pieces" (the member's
+`,"key":` prefix where the event has a value and nothing where it hasn't, the value's text,
+its closing quote or bracket), and assembles every event's object in one Arrow call. The
+events of a request are then one slice of a single buffer. Only values that need JSON
+escaping (rare: quotes, backslashes, control characters) and digests of distinct location
+values go through Python.
 
-Every array here is `large_string` (64-bit offsets): an hour of a million events can
-hold more than the 2 GB a 32-bit string array allows.
+Arrow's string joins cost about 100 ns per row per call plus a little per argument, so the
+code keeps calls few and arguments many. It avoids `binary_join_element_wise(...,
+null_handling="skip")`: in pyarrow 26 that drops the rows where every input is null.
+
+Every array here is `large_string` (64-bit offsets): an hour of a million events can hold
+more than the 2 GB a 32-bit string array allows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -25,10 +30,16 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 TEXT = pa.large_string()
-#: Characters a JSON string literal cannot hold as they are.
-_NEEDS_ESCAPE = r'[\x00-\x1f"\\]'
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_SHA256_HEX_ARROW = r"^[0-9a-f]{64}$"
+#: Bytes a JSON string cannot hold as they are: control characters, `"` and `\`.
+_ESCAPE_BYTES = np.zeros(256, dtype=bool)
+_ESCAPE_BYTES[:0x20] = True
+_ESCAPE_BYTES[[0x22, 0x5C]] = True
+#: Lowercase hex digits, what a SHA-256 digest is written in.
+_HEX_BYTES = np.zeros(256, dtype=bool)
+_HEX_BYTES[list(b"0123456789abcdef")] = True
+#: The Arrow JSON reader parses items in one block up to this size (consistent types).
+_ITEMS_BLOCK_BYTES = 64 << 20
 
 
 def lit(text: str) -> pa.Scalar:
@@ -36,8 +47,31 @@ def lit(text: str) -> pa.Scalar:
     return pa.scalar(text, TEXT)
 
 
+EMPTY = lit("")
+
+
 def null_text(n: int) -> pa.Array:
     return pa.nulls(n, TEXT)
+
+
+def concat(*parts: pa.Array | pa.Scalar) -> pa.Array:
+    """The parts joined without a separator; null when any part is null."""
+    return pc.binary_join_element_wise(*parts, EMPTY)
+
+
+def is_present(values: pa.Array) -> np.ndarray:
+    """A numpy bool mask of the non-null values."""
+    return values.is_valid().to_numpy(zero_copy_only=False)
+
+
+def coalesce(*values: pa.Array) -> pa.Array:
+    """The first non-null value per event."""
+    return pc.coalesce(*values)
+
+
+def mask_where(values: pa.Array, keep: np.ndarray) -> pa.Array:
+    """`values` where `keep` is true, null elsewhere."""
+    return pc.if_else(pa.array(keep, type=pa.bool_()), values, pa.scalar(None, values.type))
 
 
 # --- pandas -> Arrow -------------------------------------------------------------------------
@@ -52,8 +86,8 @@ def text_column(frame: pd.DataFrame, column: str) -> pa.Array:
     if column not in frame.columns:
         return null_text(len(frame))
     series = frame[column]
-    values: object
     dtype = series.dtype
+    values: object
     if isinstance(dtype, pd.StringDtype) and dtype.storage == "python":
         values = getattr(series.array, "_ndarray", None)
         if values is None:
@@ -99,7 +133,8 @@ def float_values(frame: pd.DataFrame, column: str) -> pa.Array:
 def unix_seconds(frame: pd.DataFrame, column: str = "event_time") -> np.ndarray:
     """Whole Unix seconds (int64) of a UTC timestamp column."""
     times = pd.to_datetime(frame[column], utc=True)
-    return (times.to_numpy(dtype="datetime64[ns]").astype("int64") // 1_000_000_000).astype("int64")
+    nanos = times.to_numpy(dtype="datetime64[ns]").astype("int64")
+    return nanos // 1_000_000_000
 
 
 def formatted_times(seconds: np.ndarray, pattern: str) -> pa.Array:
@@ -111,112 +146,194 @@ def formatted_times(seconds: np.ndarray, pattern: str) -> pa.Array:
 # --- JSON values -----------------------------------------------------------------------------
 
 
-def json_strings(values: pa.Array) -> pa.Array:
-    """Each value as a JSON string literal (`"..."`); null stays null."""
+def escaped(values: pa.Array) -> pa.Array:
+    """What goes between a JSON string's quotes for each value (escaped where it must be)."""
     values = values.cast(TEXT)
-    quoted = pc.binary_join_element_wise(lit('"'), values, lit('"'), lit(""))
-    if len(values) == 0:
-        return quoted
-    needs = pc.match_substring_regex(values, _NEEDS_ESCAPE)
-    if not pc.any(needs).as_py():
-        return quoted
-    positions = np.flatnonzero(needs.fill_null(False).to_numpy(zero_copy_only=False))
-    escaped = [orjson.dumps(v).decode() for v in values.take(pa.array(positions)).to_pylist()]
-    python = quoted.to_pylist()
-    for position, text in zip(positions.tolist(), escaped, strict=True):
-        python[position] = text
-    return pa.array(python, type=TEXT)
+    if len(values) == 0 or values.null_count == len(values):
+        return values
+    offsets = value_offsets(values)
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    flagged = np.flatnonzero(_ESCAPE_BYTES[data])
+    if len(flagged) == 0:
+        return values
+    rows = np.unique(np.searchsorted(offsets[1:] - offsets[0], flagged, side="right"))
+    mask = np.zeros(len(values), dtype=bool)
+    mask[rows] = True
+    texts = values.take(pa.array(rows)).to_pylist()
+    replacements = pa.array(
+        [None if t is None else orjson.dumps(t).decode()[1:-1] for t in texts], type=TEXT
+    )
+    return pc.replace_with_mask(values, pa.array(mask), replacements)
 
 
-def json_numbers(values: pa.Array) -> pa.Array:
-    """Finite numbers as JSON numbers (`19.99`, `2`, `1e+21`); null otherwise."""
+def number_text(values: pa.Array) -> pa.Array:
+    """Finite numbers as JSON number text (`19.99`, `2`, `1e+21`); null otherwise."""
     if pa.types.is_floating(values.type):
         values = pc.if_else(pc.is_finite(values), values, pa.scalar(None, values.type))
     return values.cast(pa.string()).cast(TEXT)
 
 
-def json_integers(values: np.ndarray) -> pa.Array:
-    """Integers as JSON numbers."""
+def integer_text(values: np.ndarray) -> pa.Array:
+    """Integers as JSON number text."""
     return pa.array(values, type=pa.int64()).cast(pa.string()).cast(TEXT)
 
 
-def json_bool(flags: np.ndarray) -> pa.Array:
-    return pc.if_else(pa.array(flags, type=pa.bool_()), lit("true"), lit("false"))
+class JsonObject:
+    """One JSON object per event, assembled from column pieces in one Arrow call.
 
-
-def const(text: str, n: int) -> pa.Array:
-    """The same JSON text for every event."""
-    return pa.repeat(lit(text), n)
-
-
-def mask_where(values: pa.Array, keep: np.ndarray | pa.Array) -> pa.Array:
-    """`values` where `keep` is true, null elsewhere."""
-    if isinstance(keep, np.ndarray):
-        keep = pa.array(keep, type=pa.bool_())
-    return pc.if_else(keep, values, pa.scalar(None, values.type))
-
-
-# --- JSON structure --------------------------------------------------------------------------
-
-
-def concat(*parts: pa.Array | pa.Scalar) -> pa.Array:
-    """The parts joined without a separator; null when any part is null."""
-    return pc.binary_join_element_wise(*parts, lit(""))
-
-
-def member(key: str, value_json: pa.Array) -> pa.Array:
-    """`"key":<value>`, null where the value is null."""
-    return pc.binary_join_element_wise(lit(f'"{key}":'), value_json, lit(""))
-
-
-def join_members(members: Iterable[pa.Array]) -> pa.Array:
-    """Members joined with commas, nulls skipped (`""` when every member is null).
-
-    Not `binary_join_element_wise(..., null_handling="skip")`: in pyarrow 26 it drops the
-    rows where every input is null, so the output comes out shorter than its inputs.
+    Each member adds its pieces: `,"key":` plus the value's opening quote or bracket where
+    the event has a value (nothing where it hasn't), the value's text, and its closing
+    quote or bracket. A member present for every event and added first carries no comma,
+    so the object is then built in a single join; otherwise the one leading comma is cut.
     """
-    members = list(members)
-    if len(members) == 1:
-        return members[0].fill_null(lit(""))
-    # Each present member followed by a comma, absent ones empty; then the one comma left
-    # at the end goes (a member is `"key":<JSON value>`, and no JSON value ends in a comma).
-    with_commas = [concat(m, lit(",")).fill_null(lit("")) for m in members]
-    return pc.utf8_rtrim(concat(*with_commas), characters=",")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._pieces: list[pa.Array | pa.Scalar] = []
+        self.present = np.zeros(n, dtype=bool)
+        self._first_always = False
+
+    def _member(
+        self,
+        key: str,
+        opening: str,
+        value: pa.Array | None,
+        closing: str,
+        valid: np.ndarray | None,
+    ) -> None:
+        comma = "" if not self._pieces else ","
+        if valid is not None and valid.all():
+            valid = None
+        if valid is None:
+            if not self._pieces:
+                self._first_always = True
+            self._pieces.append(lit(f'{comma}"{key}":{opening}'))
+            if value is not None:
+                self._pieces.append(value)
+            if closing:
+                self._pieces.append(lit(closing))
+            self.present[:] = True
+            return
+        if not self._pieces:
+            comma = ","  # an optional first member: every member leads with a comma
+        flags = pa.array(valid, type=pa.bool_())
+        self._pieces.append(pc.if_else(flags, lit(f'{comma}"{key}":{opening}'), EMPTY))
+        if value is not None:
+            self._pieces.append(value.fill_null(EMPTY))
+        if closing:
+            self._pieces.append(pc.if_else(flags, lit(closing), EMPTY))
+        self.present |= valid
+
+    def string(self, key: str, values: pa.Array) -> JsonObject:
+        """A JSON string (escaped where needed); absent where null."""
+        self._member(key, '"', escaped(values), '"', is_present(values))
+        return self
+
+    def plain_string(self, key: str, values: pa.Array) -> JsonObject:
+        """A JSON string of values that never need escaping (digests, codes, dates)."""
+        self._member(key, '"', values.cast(TEXT), '"', is_present(values))
+        return self
+
+    def digest_list(self, key: str, digests: pa.Array) -> JsonObject:
+        """`["<digest>"]`; absent where null."""
+        self._member(key, '["', digests.cast(TEXT), '"]', is_present(digests))
+        return self
+
+    def string_list(self, key: str, values: pa.Array) -> JsonObject:
+        """`["<value>"]`, escaped where needed; absent where null."""
+        self._member(key, '["', escaped(values), '"]', is_present(values))
+        return self
+
+    def number(self, key: str, values: pa.Array) -> JsonObject:
+        """A JSON number; absent where null (or not finite)."""
+        text = number_text(values)
+        self._member(key, "", text, "", is_present(text))
+        return self
+
+    def raw(self, key: str, json_text: pa.Array) -> JsonObject:
+        """A value that already is JSON text (an array, an object); absent where null."""
+        self._member(key, "", json_text.cast(TEXT), "", is_present(json_text))
+        return self
+
+    def constant(self, key: str, json_text: str, where: np.ndarray | None = None) -> JsonObject:
+        """The same JSON value for every event (or where `where` is true)."""
+        self._member(key, json_text, None, "", where)
+        return self
+
+    def object(self, key: str, child: JsonObject, always: bool = False) -> JsonObject:
+        """A nested object; absent for events where it would be empty (unless `always`)."""
+        if child._first_always or (always and not child._pieces):
+            value = child.build()
+            self._member(key, "", value, "", None if always else child.present.copy())
+            return self
+        body = binary_tail(child.content())
+        valid = None if always else child.present.copy()
+        self._member(key, "{", body, "}", valid)
+        return self
+
+    def content(self) -> pa.Array:
+        """The members joined: `""` for events without any, else text that starts with a
+        comma unless the first member is present for every event."""
+        return join_pieces(self._pieces, self.n)
+
+    def build(self) -> pa.Array:
+        """`{...}` for every event (`{}` where no member is present)."""
+        if self._first_always:
+            return join_pieces([lit("{"), *self._pieces, lit("}")], self.n)
+        return concat(lit("{"), binary_tail(self.content()), lit("}"))
+
+    def build_or_null(self) -> pa.Array:
+        """`{...}`, or null for events without any member."""
+        return mask_where(self.build(), self.present)
 
 
-def obj(*members: pa.Array) -> pa.Array:
-    """`{...}` of the members present (`{}` when none is)."""
-    return concat(lit("{"), join_members(members), lit("}"))
+def join_pieces(pieces: list[pa.Array | pa.Scalar], n: int) -> pa.Array:
+    """The pieces (columns of n values, or constants) joined per event, in one call."""
+    if not any(isinstance(p, pa.Array) for p in pieces):
+        return pa.repeat(lit("".join(p.as_py() for p in pieces)), n)
+    return pc.binary_join_element_wise(*pieces, EMPTY)
 
 
-def obj_or_null(*members: pa.Array) -> pa.Array:
-    """`{...}` of the members present, null when none is."""
-    inner = join_members(members)
-    return concat(lit("{"), blank_to_null(inner), lit("}"))
+def binary_tail(values: pa.Array) -> pa.Array:
+    """Each value without its leading comma (optional members each lead with one; what
+    follows a member's comma is always `"`, so only that one comma goes)."""
+    return pc.utf8_ltrim(values, characters=",")
 
 
-def list_of_one(value_json: pa.Array) -> pa.Array:
-    """`[<value>]`, null where the value is null."""
-    return concat(lit("["), value_json, lit("]"))
+def list_of_present(values: list[pa.Array]) -> pa.Array:
+    """`[a,b,...]` of the JSON values present per event, null when none is."""
+    present = np.zeros(len(values[0]), dtype=bool)
+    pieces: list[pa.Array | pa.Scalar] = []
+    for value in values:
+        valid = is_present(value)
+        pieces.append(pc.if_else(pa.array(valid), lit(","), EMPTY))
+        pieces.append(value.fill_null(EMPTY))
+        present |= valid
+    joined = binary_tail(pc.binary_join_element_wise(*pieces, EMPTY))
+    return mask_where(concat(lit("["), joined, lit("]")), present)
 
 
-def list_of_present(values: Iterable[pa.Array]) -> pa.Array:
-    """`[a,b,...]` of the values present, null when none is."""
-    inner = join_members(values)
-    return concat(lit("["), blank_to_null(inner), lit("]"))
-
-
-# --- hashing -------------------------------------------------------------------------------
+# --- hashing and mapping -----------------------------------------------------------------------
 
 
 def hex_digests(values: pa.Array) -> pa.Array:
-    """Values that already are SHA-256 hex digests; anything else becomes null."""
+    """Values that already are SHA-256 hex digests; anything else becomes null.
+
+    A guard, not a transformation: the hashed columns hold digests by construction, and a
+    value that is not one must never reach a platform (it could be plaintext).
+    """
+    values = values.cast(TEXT)
     if len(values) == 0 or values.null_count == len(values):
         return values
-    ok = pc.match_substring_regex(values, _SHA256_HEX_ARROW)
-    if pc.all(ok).as_py():
+    offsets = value_offsets(values)
+    ok = (np.diff(offsets) == 64) | ~is_present(values)
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    flagged = np.flatnonzero(~_HEX_BYTES[data])
+    if len(flagged):
+        ok[np.searchsorted(offsets[1:] - offsets[0], flagged, side="right")] = False
+    if ok.all():
         return values
-    return pc.if_else(ok, values, pa.scalar(None, TEXT))
+    return mask_where(values, ok)
 
 
 def sha256_of(values: pa.Array) -> pa.Array:
@@ -224,31 +341,23 @@ def sha256_of(values: pa.Array) -> pa.Array:
 
     A value that already is a 64-character lowercase hex digest passes through.
     """
-    if len(values) == 0 or values.null_count == len(values):
-        return values
-    distinct = pc.unique(values.drop_null())
-    digests = [
-        v if _SHA256_HEX.match(v) else hashlib.sha256(v.encode("utf-8")).hexdigest()
-        for v in distinct.to_pylist()
-    ]
-    return pa.array(digests, type=TEXT).take(pc.index_in(values, value_set=distinct))
+    return apply_text(
+        values,
+        lambda v: v if _SHA256_HEX.match(v) else hashlib.sha256(v.encode("utf-8")).hexdigest(),
+    )
 
 
-def map_text(values: pa.Array, mapping: dict[str, str | None]) -> pa.Array:
+def map_text(values: pa.Array, mapping: dict[str, str]) -> pa.Array:
     """Each value through `mapping` (values not in it become null), once per distinct value."""
-    if len(values) == 0:
-        return values
-    distinct = pc.unique(values.drop_null())
-    mapped = [mapping.get(v) for v in distinct.to_pylist()]
-    return pa.array(mapped, type=TEXT).take(pc.index_in(values, value_set=distinct))
+    return apply_text(values, mapping.get)
 
 
-def apply_text(values: pa.Array, function: object) -> pa.Array:
+def apply_text(values: pa.Array, function: Callable[[str], str | None]) -> pa.Array:
     """`function` applied once per distinct value (None results become null)."""
-    if len(values) == 0:
-        return values
+    if len(values) == 0 or values.null_count == len(values):
+        return values.cast(TEXT)
     distinct = pc.unique(values.drop_null())
-    mapped = [function(v) for v in distinct.to_pylist()]  # type: ignore[operator]
+    mapped = [function(v) for v in distinct.to_pylist()]
     return pa.array(mapped, type=TEXT).take(pc.index_in(values, value_set=distinct))
 
 
@@ -276,20 +385,18 @@ def parse_items(frame: pd.DataFrame) -> pa.Array:
 
 
 def _parse_items_arrow(items: pa.Array) -> pa.Array:
-    lines = pc.binary_join_element_wise(lit('{"i":'), items, lit("}\n"), lit(""))
-    lines = lines.fill_null(lit("{}\n"))
+    lines = concat(lit('{"i":'), items, lit("}\n")).fill_null(lit("{}\n"))
     buffer = contiguous_text(lines)
-    block = max(1 << 20, buffer.size + 1)
     table = pa_json.read_json(
         pa.BufferReader(buffer),
-        read_options=pa_json.ReadOptions(block_size=min(block, (1 << 31) - 1)),
+        read_options=pa_json.ReadOptions(
+            block_size=min(max(1 << 20, buffer.size + 1), _ITEMS_BLOCK_BYTES)
+        ),
     )
-    if table.num_rows != len(items):
+    if table.num_rows != len(items) or "i" not in table.column_names:
         raise pa.ArrowInvalid("items rows do not line up")
-    if "i" not in table.column_names:
-        raise pa.ArrowInvalid("no items parsed")
     column = table.column("i").combine_chunks()
-    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
         raise pa.ArrowInvalid("items is not a list")
     values = column.flatten()
     if not pa.types.is_struct(values.type):
@@ -307,9 +414,8 @@ def _parse_items_arrow(items: pa.Array) -> pa.Array:
         identifier = pa.nulls(length, TEXT)
     elif pa.types.is_floating(identifier.type):
         raise pa.ArrowInvalid("fractional item ids")
-    identifier = identifier.cast(TEXT)
     struct = pa.StructArray.from_arrays(
-        [identifier, numeric("quantity"), numeric("price")], fields=list(ITEM_TYPE)
+        [identifier.cast(TEXT), numeric("quantity"), numeric("price")], fields=list(ITEM_TYPE)
     )
     offsets = column.offsets.cast(pa.int64())
     return pa.LargeListArray.from_arrays(offsets, struct, mask=column.is_null())
@@ -318,26 +424,19 @@ def _parse_items_arrow(items: pa.Array) -> pa.Array:
 def _parse_items_python(items: pa.Array) -> pa.Array:
     parsed: list[list[dict[str, object]] | None] = []
     for text in items.to_pylist():
-        if text is None:
-            parsed.append(None)
-            continue
         try:
-            value = orjson.loads(text)
+            value = orjson.loads(text) if text is not None else None
         except orjson.JSONDecodeError:
-            parsed.append(None)
-            continue
-        rows = []
-        for item in value if isinstance(value, list) else []:
-            if not isinstance(item, dict):
-                continue
-            identifier = item.get("id")
-            rows.append(
-                {
-                    "id": None if identifier is None else str(identifier),
-                    "quantity": _number(item.get("quantity")),
-                    "price": _number(item.get("price")),
-                }
-            )
+            value = None
+        rows = [
+            {
+                "id": None if item.get("id") is None else str(item.get("id")),
+                "quantity": _number(item.get("quantity")),
+                "price": _number(item.get("price")),
+            }
+            for item in (value if isinstance(value, list) else [])
+            if isinstance(item, dict)
+        ]
         parsed.append(rows or None)
     return pa.array(parsed, type=pa.large_list(ITEM_TYPE))
 
@@ -359,15 +458,14 @@ def items_json(items: pa.Array, keys: tuple[str, str, str]) -> pa.Array:
     if len(values) == 0:
         return null_text(len(items))
     id_key, quantity_key, price_key = keys
-    element = obj(
-        member(id_key, json_strings(values.field("id"))),
-        member(quantity_key, json_numbers(values.field("quantity"))),
-        member(price_key, json_numbers(values.field("price"))),
-    )
-    offsets = items.offsets
-    lists = pa.LargeListArray.from_arrays(offsets, element, mask=items.is_null())
-    joined = blank_to_null(pc.binary_join(lists, lit(",")))
-    return concat(lit("["), joined, lit("]"))
+    element = JsonObject(len(values))
+    element.string(id_key, values.field("id"))
+    element.number(quantity_key, values.field("quantity"))
+    element.number(price_key, values.field("price"))
+    lists = pa.LargeListArray.from_arrays(items.offsets, element.build(), mask=items.is_null())
+    joined = pc.binary_join(lists, lit(","))
+    has_items = is_present(items) & (pc.list_value_length(items).fill_null(0).to_numpy() > 0)
+    return mask_where(concat(lit("["), joined.cast(TEXT), lit("]")), has_items)
 
 
 # --- the events of an hour as one buffer ------------------------------------------------------
@@ -384,21 +482,5 @@ def contiguous_text(values: pa.Array) -> pa.Buffer:
 
 def value_offsets(values: pa.Array) -> np.ndarray:
     """The int64 offsets (length n+1) of a large_string array, slice-aware."""
-    buffer = values.buffers()[1]
-    offsets = np.frombuffer(buffer, dtype=np.int64)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)
     return offsets[values.offset : values.offset + len(values) + 1]
-
-
-def quoted(values: pa.Array) -> pa.Array:
-    """`"value"` for values known to need no escaping (hex digests, codes, numbers as text)."""
-    return concat(lit('"'), values.cast(TEXT), lit('"'))
-
-
-def coalesce(*values: pa.Array) -> pa.Array:
-    """The first non-null value per event."""
-    return pc.coalesce(*values)
-
-
-def is_present(values: pa.Array) -> np.ndarray:
-    """A numpy bool mask of the non-null values."""
-    return values.is_valid().to_numpy(zero_copy_only=False)

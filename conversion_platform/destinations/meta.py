@@ -17,9 +17,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from conversion_platform.destinations import json_columns as jc
 from conversion_platform.destinations.base import (
@@ -91,62 +91,48 @@ class MetaConversionsApi(Destination):
         fbclid = text("fbclid")
         # Meta's documented form when only the click id is known: fb.1.<ms>.<fbclid>
         derived_fbc = jc.concat(
-            jc.lit("fb.1."), jc.json_integers(seconds * 1000), jc.lit("."), fbclid
+            jc.lit("fb.1."), jc.integer_text(seconds * 1000), jc.lit("."), fbclid
         )
-        fbc = jc.coalesce(text("fbc"), derived_fbc)
-
-        def hashed(values: object) -> object:
-            return jc.list_of_one(jc.quoted(values))  # type: ignore[arg-type]
-
-        user_members = [
-            jc.member("em", hashed(jc.hex_digests(text("email_sha256")))),
-            jc.member("ph", hashed(jc.hex_digests(text("phone_digits_sha256")))),
-            jc.member("fn", hashed(jc.hex_digests(text("first_name_sha256")))),
-            jc.member("ln", hashed(jc.hex_digests(text("last_name_sha256")))),
-            jc.member("ct", hashed(jc.sha256_of(text("city")))),
-            jc.member("st", hashed(jc.sha256_of(text("region")))),
-            jc.member("zp", hashed(jc.sha256_of(text("postal_code")))),
-            jc.member("country", hashed(jc.sha256_of(text("country")))),
-            jc.member("external_id", hashed(jc.hex_digests(text("external_id_sha256")))),
-            jc.member("client_ip_address", jc.json_strings(text("client_ip"))),
-            jc.member("client_user_agent", jc.json_strings(user_agent)),
-            jc.member("fbc", jc.json_strings(fbc)),
-            jc.member("fbp", jc.json_strings(text("fbp"))),
-        ]
-        has_user_data = np.zeros(n, dtype=bool)
-        for part in user_members:
-            has_user_data |= jc.is_present(part)
-        custom_data = jc.obj_or_null(
-            jc.member("value", jc.json_numbers(jc.float_values(frame, "value"))),
-            jc.member("currency", jc.json_strings(text("currency"))),
-            jc.member("order_id", jc.json_strings(text("order_id"))),
-            jc.member(
-                "contents", jc.items_json(jc.parse_items(frame), ("id", "quantity", "item_price"))
-            ),
+        user = (
+            jc.JsonObject(n)
+            .digest_list("em", jc.hex_digests(text("email_sha256")))
+            .digest_list("ph", jc.hex_digests(text("phone_digits_sha256")))
+            .digest_list("fn", jc.hex_digests(text("first_name_sha256")))
+            .digest_list("ln", jc.hex_digests(text("last_name_sha256")))
+            .digest_list("ct", jc.sha256_of(text("city")))
+            .digest_list("st", jc.sha256_of(text("region")))
+            .digest_list("zp", jc.sha256_of(text("postal_code")))
+            .digest_list("country", jc.sha256_of(text("country")))
+            .digest_list("external_id", jc.hex_digests(text("external_id_sha256")))
+            .string("client_ip_address", text("client_ip"))
+            .string("client_user_agent", user_agent)
+            .string("fbc", jc.coalesce(text("fbc"), derived_fbc))
+            .string("fbp", text("fbp"))
         )
-        members = [
-            jc.member("event_name", jc.json_strings(names)),
-            jc.member("event_time", jc.json_integers(seconds)),
-            jc.member("event_id", jc.json_strings(text("event_id"))),
-            jc.member("action_source", jc.json_strings(action_source)),
-            jc.member("event_source_url", jc.json_strings(page_url)),
-            jc.member("user_data", jc.obj(*user_members)),
-            jc.member("custom_data", custom_data),
-        ]
+        custom = (
+            jc.JsonObject(n)
+            .number("value", jc.float_values(frame, "value"))
+            .string("currency", text("currency"))
+            .string("order_id", text("order_id"))
+            .raw("contents", jc.items_json(jc.parse_items(frame), ("id", "quantity", "item_price")))
+        )
+        event = (
+            jc.JsonObject(n)
+            .string("event_name", names.fill_null(jc.EMPTY))
+            .number("event_time", pa.array(seconds))
+            .string("event_id", text("event_id").fill_null(jc.EMPTY))
+            .string("action_source", action_source)
+            .string("event_source_url", page_url)
+            .object("user_data", user, always=True)
+            .object("custom_data", custom)
+        )
         if config.settings.get("limited_data_use"):
             # Limited Data Use with country and state 0: Meta geolocates each event and
             # applies LDU where a US state's law requires it.
-            members.append(
-                jc.const(
-                    '"data_processing_options":["LDU"],'
-                    '"data_processing_options_country":0,'
-                    '"data_processing_options_state":0',
-                    n,
-                )
-            )
-        website = np.asarray(
-            (action_source.to_numpy(zero_copy_only=False) == "website"), dtype=bool
-        )
+            event.constant("data_processing_options", '["LDU"]')
+            event.constant("data_processing_options_country", "0")
+            event.constant("data_processing_options_state", "0")
+        website = action_source.to_numpy(zero_copy_only=False) == "website"
         problems = first_problem(
             n,
             [
@@ -156,10 +142,10 @@ class MetaConversionsApi(Destination):
                     website & ~jc.is_present(user_agent),
                     "website event without client_user_agent",
                 ),
-                (~has_user_data, "no customer information parameters"),
+                (~user.present, "no customer information parameters"),
             ],
         )
-        return EncodedEvents(jc.obj(*members), problems)
+        return EncodedEvents(event.build(), problems)
 
     def build_request(
         self,

@@ -21,9 +21,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from conversion_platform import events
 from conversion_platform.destinations import json_columns as jc
@@ -95,46 +95,43 @@ class SnapchatConversionsApi(Destination):
         email = jc.hex_digests(text("email_sha256"))
         phone = jc.hex_digests(text("phone_digits_sha256"))
         external_id = jc.hex_digests(text("external_id_sha256"))
-
-        def hashed(values: object) -> object:
-            return jc.list_of_one(jc.quoted(values))  # type: ignore[arg-type]
-
-        user_data = jc.obj(
-            jc.member("em", hashed(email)),
-            jc.member("ph", hashed(phone)),
-            jc.member("fn", hashed(jc.hex_digests(text("first_name_sha256")))),
-            jc.member("ln", hashed(jc.hex_digests(text("last_name_sha256")))),
-            jc.member("ct", hashed(jc.sha256_of(text("city")))),
-            jc.member("st", hashed(jc.sha256_of(text("region")))),
-            jc.member("zp", hashed(jc.sha256_of(text("postal_code")))),
-            jc.member("country", hashed(jc.sha256_of(text("country")))),
-            jc.member("external_id", hashed(external_id)),
-            jc.member("client_ip_address", jc.json_strings(ip)),
-            jc.member("client_user_agent", jc.json_strings(user_agent)),
-            jc.member("sc_click_id", jc.json_strings(click_id)),
+        user = (
+            jc.JsonObject(n)
+            .digest_list("em", email)
+            .digest_list("ph", phone)
+            .digest_list("fn", jc.hex_digests(text("first_name_sha256")))
+            .digest_list("ln", jc.hex_digests(text("last_name_sha256")))
+            .digest_list("ct", jc.sha256_of(text("city")))
+            .digest_list("st", jc.sha256_of(text("region")))
+            .digest_list("zp", jc.sha256_of(text("postal_code")))
+            .digest_list("country", jc.sha256_of(text("country")))
+            .digest_list("external_id", external_id)
+            .string("client_ip_address", ip)
+            .string("client_user_agent", user_agent)
+            .string("sc_click_id", click_id)
         )
         value = jc.float_values(frame, "value")
         currency = text("currency")
-        custom_data = jc.obj_or_null(
-            jc.member("value", jc.json_numbers(value)),
-            jc.member("currency", jc.json_strings(currency)),
-            jc.member("order_id", jc.json_strings(text("order_id"))),
-            jc.member(
-                "contents", jc.items_json(jc.parse_items(frame), ("id", "quantity", "item_price"))
-            ),
+        custom = (
+            jc.JsonObject(n)
+            .number("value", value)
+            .string("currency", currency)
+            .string("order_id", text("order_id"))
+            .raw("contents", jc.items_json(jc.parse_items(frame), ("id", "quantity", "item_price")))
         )
-        members = [
-            jc.member("event_name", jc.json_strings(names)),
-            jc.member("event_time", jc.json_integers(seconds)),
-            jc.member("event_id", jc.json_strings(text("event_id"))),
-            jc.member("action_source", jc.quoted(action_source)),
-            jc.member("event_source_url", jc.json_strings(page_url)),
-            jc.member("user_data", user_data),
-            jc.member("custom_data", custom_data),
-        ]
+        event = (
+            jc.JsonObject(n)
+            .string("event_name", names.fill_null(jc.EMPTY))
+            .number("event_time", pa.array(seconds))
+            .string("event_id", text("event_id").fill_null(jc.EMPTY))
+            .plain_string("action_source", action_source)
+            .string("event_source_url", page_url)
+            .object("user_data", user, always=True)
+            .object("custom_data", custom)
+        )
         present = jc.is_present
         web = action_source.to_numpy(zero_copy_only=False) == "WEB"
-        purchase = names.to_numpy(zero_copy_only=False) == "PURCHASE"
+        purchase = names.fill_null(jc.EMPTY).to_numpy(zero_copy_only=False) == "PURCHASE"
         can_match = (
             present(email)
             | present(phone)
@@ -146,18 +143,19 @@ class SnapchatConversionsApi(Destination):
             n,
             [
                 (~present(names), "no Snapchat event name for this event"),
-                (np.asarray(web) & ~present(page_url), "web event without event_source_url"),
+                (web & ~present(page_url), "web event without event_source_url"),
                 (
                     ~can_match,
-                    "no key to match a Snapchatter (email, phone, external id, click id, or IP with user agent)",
+                    "no key to match a Snapchatter (email, phone, external id, click id, "
+                    "or IP with user agent)",
                 ),
                 (
-                    np.asarray(purchase) & ~(present(value) & present(currency)),
+                    purchase & ~(present(value) & present(currency)),
                     "PURCHASE without value and currency",
                 ),
             ],
         )
-        return EncodedEvents(jc.obj(*members), problems)
+        return EncodedEvents(event.build(), problems)
 
     def build_request(
         self,

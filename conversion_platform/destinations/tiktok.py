@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from conversion_platform.destinations import json_columns as jc
 from conversion_platform.destinations.base import (
@@ -80,50 +81,47 @@ class TikTokEventsApi(Destination):
         text = lambda column: jc.text_column(frame, column)  # noqa: E731
         seconds = jc.unix_seconds(frame)
         names = self.platform_event_names(frame, config)
-        digest = lambda column: jc.quoted(jc.hex_digests(text(column)))  # noqa: E731
-        user = jc.obj_or_null(
-            jc.member("email", digest("email_sha256")),
-            jc.member("phone", digest("phone_sha256")),
-            jc.member("external_id", digest("external_id_sha256")),
-            jc.member("first_name", digest("first_name_sha256")),
-            jc.member("last_name", digest("last_name_sha256")),
-            jc.member("city", jc.json_strings(text("city"))),
-            jc.member("state", jc.json_strings(text("region"))),
-            jc.member("country", jc.json_strings(text("country"))),
-            jc.member("zip_code", jc.quoted(jc.sha256_of(text("postal_code")))),
-            jc.member("ttclid", jc.json_strings(text("ttclid"))),
-            jc.member("ttp", jc.json_strings(text("ttp"))),
-            jc.member("ip", jc.json_strings(text("client_ip"))),
-            jc.member("user_agent", jc.json_strings(text("user_agent"))),
+        user = (
+            jc.JsonObject(n)
+            .plain_string("email", jc.hex_digests(text("email_sha256")))
+            .plain_string("phone", jc.hex_digests(text("phone_sha256")))
+            .plain_string("external_id", jc.hex_digests(text("external_id_sha256")))
+            .plain_string("first_name", jc.hex_digests(text("first_name_sha256")))
+            .plain_string("last_name", jc.hex_digests(text("last_name_sha256")))
+            .string("city", text("city"))
+            .string("state", text("region"))
+            .string("country", text("country"))
+            .plain_string("zip_code", jc.sha256_of(text("postal_code")))
+            .string("ttclid", text("ttclid"))
+            .string("ttp", text("ttp"))
+            .string("ip", text("client_ip"))
+            .string("user_agent", text("user_agent"))
         )
         contents = jc.items_json(jc.parse_items(frame), ("content_id", "quantity", "price"))
-        properties = jc.obj_or_null(
-            jc.member("value", jc.json_numbers(jc.float_values(frame, "value"))),
-            jc.member("currency", jc.json_strings(text("currency"))),
-            jc.member("order_id", jc.json_strings(text("order_id"))),
-            jc.member(
-                "content_type", jc.mask_where(jc.const('"product"', n), jc.is_present(contents))
-            ),
-            jc.member("contents", contents),
+        properties = (
+            jc.JsonObject(n)
+            .number("value", jc.float_values(frame, "value"))
+            .string("currency", text("currency"))
+            .string("order_id", text("order_id"))
+            .constant("content_type", '"product"', where=jc.is_present(contents))
+            .raw("contents", contents)
         )
-        page = jc.obj_or_null(
-            jc.member("url", jc.json_strings(text("page_url"))),
-            jc.member("referrer", jc.json_strings(text("referrer"))),
+        page = jc.JsonObject(n).string("url", text("page_url")).string("referrer", text("referrer"))
+        event = (
+            jc.JsonObject(n)
+            .string("event", names.fill_null(jc.EMPTY))
+            .number("event_time", pa.array(seconds))
+            .string("event_id", text("event_id").fill_null(jc.EMPTY))
+            .object("user", user)
+            .object("properties", properties)
+            .object("page", page)
         )
-        members = [
-            jc.member("event", jc.json_strings(names)),
-            jc.member("event_time", jc.json_integers(seconds)),
-            jc.member("event_id", jc.json_strings(text("event_id"))),
-            jc.member("user", user),
-            jc.member("properties", properties),
-            jc.member("page", page),
-        ]
         if config.settings.get("limited_data_use"):
-            members.append(jc.const('"limited_data_use":true', n))
+            event.constant("limited_data_use", "true")
         problems = first_problem(
             n, [(~jc.is_present(names), "no TikTok event name for this event")]
         )
-        return EncodedEvents(jc.obj(*members), problems)
+        return EncodedEvents(event.build(), problems)
 
     def build_request(
         self,
