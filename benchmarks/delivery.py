@@ -51,7 +51,12 @@ from conversion_platform.destinations.registry import destination_for
 from conversion_platform.store.database import create_database_engine
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-EMULATOR_PREFIX = {"meta_capi": "meta", "google_ads": "google", "tiktok": "tiktok", "snapchat": "snapchat"}
+EMULATOR_PREFIX = {
+    "meta_capi": "meta",
+    "google_ads": "google",
+    "tiktok": "tiktok",
+    "snapchat": "snapchat",
+}
 
 #: One configuration per platform, with demo ids (credentials are set for this process).
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -119,7 +124,9 @@ def synthetic_frame(n: int, hour: datetime, seed: int = 7) -> pd.DataFrame:
         dtype=object,
     )
     consent = rng.choice(
-        np.array([events.CONSENT_GRANTED, events.CONSENT_DENIED, events.CONSENT_UNKNOWN], dtype=object),
+        np.array(
+            [events.CONSENT_GRANTED, events.CONSENT_DENIED, events.CONSENT_UNKNOWN], dtype=object
+        ),
         n,
         p=[0.95, 0.03, 0.02],
     )
@@ -129,7 +136,8 @@ def synthetic_frame(n: int, hour: datetime, seed: int = 7) -> pd.DataFrame:
             events.HOUR_COLUMN: pd.Timestamp(hour),
             "event_id": ids,
             "event_name": names,
-            "event_time": pd.Timestamp(hour) + pd.to_timedelta(rng.integers(0, 3_600_000, n), unit="ms"),
+            "event_time": pd.Timestamp(hour)
+            + pd.to_timedelta(rng.integers(0, 3_600_000, n), unit="ms"),
             "received_at": pd.Timestamp(hour) + pd.Timedelta(minutes=59),
             "source": "server",
             "action_source": "website",
@@ -138,8 +146,12 @@ def synthetic_frame(n: int, hour: datetime, seed: int = 7) -> pd.DataFrame:
             "email_google_sha256": email,
             "phone_sha256": _maybe(rng, _sha(phone_e164)[person], 0.6),
             "phone_digits_sha256": _maybe(rng, _sha([p[1:] for p in phone_e164])[person], 0.6),
-            "first_name_sha256": _maybe(rng, _sha([f"first{int(k) % 300}" for k in keys])[person], 0.5),
-            "last_name_sha256": _maybe(rng, _sha([f"last{int(k) % 900}" for k in keys])[person], 0.5),
+            "first_name_sha256": _maybe(
+                rng, _sha([f"first{int(k) % 300}" for k in keys])[person], 0.5
+            ),
+            "last_name_sha256": _maybe(
+                rng, _sha([f"last{int(k) % 900}" for k in keys])[person], 0.5
+            ),
             "external_id_sha256": _maybe(rng, _sha([f"cust-{k}" for k in keys])[person], 0.4),
             "city": np.array([PLACES[i][0] for i in place], dtype=object),
             "region": np.array([PLACES[i][1] for i in place], dtype=object),
@@ -147,14 +159,20 @@ def synthetic_frame(n: int, hour: datetime, seed: int = 7) -> pd.DataFrame:
             "country": np.array([PLACES[i][3] for i in place], dtype=object),
             "client_ip": np.array([f"203.0.{i % 250}.{i % 199}" for i in person], dtype=object),
             "user_agent": rng.choice(USER_AGENTS, n),
-            "gclid": _maybe(rng, np.array([f"Cj0KCQ{i:012d}" for i in range(n)], dtype=object), 0.2),
+            "gclid": _maybe(
+                rng, np.array([f"Cj0KCQ{i:012d}" for i in range(n)], dtype=object), 0.2
+            ),
             "fbclid": _maybe(rng, np.array([f"IwAR{i:012d}" for i in range(n)], dtype=object), 0.2),
             "ttclid": _maybe(rng, np.array([f"tt{i:012d}" for i in range(n)], dtype=object), 0.1),
             "sccid": _maybe(rng, np.array([f"sc{i:012d}" for i in range(n)], dtype=object), 0.1),
-            "fbp": _maybe(rng, np.array([f"fb.1.1700000000000.{i}" for i in person], dtype=object), 0.5),
+            "fbp": _maybe(
+                rng, np.array([f"fb.1.1700000000000.{i}" for i in person], dtype=object), 0.5
+            ),
             "value": value,
             "currency": np.where(purchase, "USD", None),
-            "order_id": np.array([f"o-{i}" if p else None for i, p in enumerate(purchase)], dtype=object),
+            "order_id": np.array(
+                [f"o-{i}" if p else None for i, p in enumerate(purchase)], dtype=object
+            ),
             "items": items,
             "consent_ad_user_data": consent,
             "consent_ad_personalization": consent,
@@ -190,12 +208,20 @@ def build_bodies(frame: pd.DataFrame, name: str) -> dict[str, Any]:
     ids = frame["event_id"].to_numpy(dtype=object)[keep].tolist()
     import pyarrow as pa
 
-    groups = None if encoded.groups is None else [g for g, k in zip(encoded.groups, keep, strict=True) if k]
+    groups = (
+        None
+        if encoded.groups is None
+        else [g for g, k in zip(encoded.groups, keep, strict=True) if k]
+    )
     run = EventRun(ids, encoded.json.filter(pa.array(keep)), groups)
-    ranges = plan_batches(len(run), destination.batch_size(config), run.groups, destination.max_groups_per_request)
+    ranges = plan_batches(
+        len(run), destination.batch_size(config), run.groups, destination.max_groups_per_request
+    )
     size = 0
     for number, positions in enumerate(ranges):
-        size += len(destination.build_request(run.batch(number, positions), config, None, MODE_DRY_RUN).body)
+        size += len(
+            destination.build_request(run.batch(number, positions), config, None, MODE_DRY_RUN).body
+        )
     seconds = time.perf_counter() - started
     return {
         "events": len(frame),
@@ -252,7 +278,9 @@ def deliver(frame: pd.DataFrame, name: str, emulator_url: str, work_dir: Path) -
     started = time.perf_counter()
     report = deliverer.deliver_hour(frame, hour, "bench")
     seconds = time.perf_counter() - started
-    stats = requests.get(f"{emulator_url}/_emulator/stats", timeout=10).json()[EMULATOR_PREFIX[name]]
+    stats = requests.get(f"{emulator_url}/_emulator/stats", timeout=10).json()[
+        EMULATOR_PREFIX[name]
+    ]
     session.close()
     engine.dispose()
     return {
@@ -279,7 +307,11 @@ def run(
     generated = time.perf_counter() - t0
     result: dict[str, Any] = {
         "benchmark": "delivery",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "build_events": build_events,
         "deliver_events": deliver_events,
         "generate_seconds": round(generated, 1),
@@ -303,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--destination", action="append", choices=sorted(CONFIGS))
     args = parser.parse_args(argv)
     result = run(args.build_events, args.deliver_events, tuple(args.destination or CONFIGS))
-    print(f"Delivery benchmark ({result['machine']['cpus']} CPUs, Python {result['machine']['python']})")
+    print(
+        f"Delivery benchmark ({result['machine']['cpus']} CPUs, Python {result['machine']['python']})"
+    )
     print(f"\nBuilding request bodies, {args.build_events:,} events an hour:")
     print(f"{'destination':<12} {'seconds':>8} {'events/s':>12} {'requests':>9} {'MB':>8}")
     for name, figures in result["build"].items():

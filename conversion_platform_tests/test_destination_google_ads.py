@@ -26,21 +26,21 @@ from conversion_platform.destinations.request_status import (
     StatusPolling,
     resolve_pending_requests,
 )
-from conversion_platform_tests.delivery_support import (  # noqa: F401 (fixtures)
+from conversion_platform_tests.delivery_support import (
     HOUR,
     EmulatorControl,
     batches,
     deliver,
     destination_config,
-    emulator,
-    emulator_url,
     frame_of,
     many,
     outcomes,
     record,
     sha,
-    token,
 )
+
+#: The emulator, its control client and the credential fixture.
+pytest_plugins = ("conversion_platform_tests.delivery_support",)
 
 
 def poll(engine: Engine, config: DestinationConfig) -> StatusPolling:
@@ -83,8 +83,16 @@ def test_ingest_body_is_the_documented_shape(
     assert body["encoding"] == "HEX" and "validateOnly" not in body
     account = {"accountType": "GOOGLE_ADS", "accountId": "1234567890"}
     assert body["destinations"] == [
-        {"reference": "700000002", "operatingAccount": account, "productDestinationId": "700000002"},
-        {"reference": "700000001", "operatingAccount": account, "productDestinationId": "700000001"},
+        {
+            "reference": "700000002",
+            "operatingAccount": account,
+            "productDestinationId": "700000002",
+        },
+        {
+            "reference": "700000001",
+            "operatingAccount": account,
+            "productDestinationId": "700000001",
+        },
     ]
     purchase, lead = body["events"]
     assert purchase == {
@@ -123,7 +131,10 @@ def test_ingest_body_is_the_documented_shape(
         "emailAddress",
         "phoneNumber",
     ]
-    assert lead["consent"] == {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_DENIED"}
+    assert lead["consent"] == {
+        "adUserData": "CONSENT_GRANTED",
+        "adPersonalization": "CONSENT_DENIED",
+    }
     assert "conversionValue" not in lead
 
 
@@ -173,12 +184,19 @@ def test_a_request_google_fails_whole_rejects_each_event(
     emulator: EmulatorControl, engine: Engine, token: str, tmp_path: Path
 ) -> None:
     config = destination_config("google_ads", emulator.url)
-    emulator.script("google", fail_event_ids=["f-0000", "f-0001"], fail_reason="PROCESSING_ERROR_REASON_GCLID_NOT_FOUND")
+    emulator.script(
+        "google",
+        fail_event_ids=["f-0000", "f-0001"],
+        fail_reason="PROCESSING_ERROR_REASON_GCLID_NOT_FOUND",
+    )
     deliver(engine, config, frame_of(many(2, "f")), tmp_path)
     polled = poll(engine, config)
     assert polled.events_rejected == 2
     log = outcomes(engine, "google_ads")
-    assert log["f-0000"] == ("permanent", "Google FAILED: PROCESSING_ERROR_REASON_GCLID_NOT_FOUND x2")
+    assert log["f-0000"] == (
+        "permanent",
+        "Google FAILED: PROCESSING_ERROR_REASON_GCLID_NOT_FOUND x2",
+    )
 
 
 def test_batches_at_2000_and_2001(
@@ -289,7 +307,10 @@ def test_legacy_partial_failure_rejects_only_the_events_named(
     report = deliver(engine, legacy(emulator.url), frame_of(records), tmp_path)
     assert report.requests == 1 and report.delivered == 3
     log = outcomes(engine, "google_ads")
-    assert log["l-0002"] == ("permanent", "Google conversionUploadError.CLICK_NOT_FOUND: Rejected by the emulator's failure script.")
+    assert log["l-0002"] == (
+        "permanent",
+        "Google conversionUploadError.CLICK_NOT_FOUND: Rejected by the emulator's failure script.",
+    )
     assert [log[f"l-000{i}"][0] for i in (0, 1, 3)] == ["delivered"] * 3
     assert batches(engine, "google_ads")[0]["status"] == "partial"
     # A re-run sends nothing: every event is settled.

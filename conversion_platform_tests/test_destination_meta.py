@@ -15,20 +15,20 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from conversion_platform_tests.delivery_support import (  # noqa: F401 (fixtures)
+from conversion_platform_tests.delivery_support import (
     HOUR,
     EmulatorControl,
     deliver,
     destination_config,
-    emulator,
-    emulator_url,
     frame_of,
     many,
     outcomes,
     record,
     sha,
-    token,
 )
+
+#: The emulator, its control client and the credential fixture.
+pytest_plugins = ("conversion_platform_tests.delivery_support",)
 
 
 def test_body_is_metas_documented_shape(
@@ -110,7 +110,11 @@ def test_event_names_standard_custom_page_view_and_overrides(
     )
     deliver(engine, config, frame, tmp_path)
     names = {e["event_id"]: e["event_name"] for e in emulator.last_body("meta")["data"]}
-    assert names == {"n-1": "CompleteRegistration", "n-2": "newsletter_signup", "n-4": "TrialStarted"}
+    assert names == {
+        "n-1": "CompleteRegistration",
+        "n-2": "newsletter_signup",
+        "n-4": "TrialStarted",
+    }
 
     emulator.reset()
     with_page_views = destination_config("meta_capi", emulator.url, forward_page_view=True)

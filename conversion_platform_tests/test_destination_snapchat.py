@@ -14,20 +14,20 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from conversion_platform_tests.delivery_support import (  # noqa: F401 (fixtures)
+from conversion_platform_tests.delivery_support import (
     HOUR,
     EmulatorControl,
     deliver,
     destination_config,
-    emulator,
-    emulator_url,
     frame_of,
     many,
     outcomes,
     record,
     sha,
-    token,
 )
+
+#: The emulator, its control client and the credential fixture.
+pytest_plugins = ("conversion_platform_tests.delivery_support",)
 
 
 def test_body_is_snaps_documented_shape(

@@ -14,20 +14,20 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from conversion_platform_tests.delivery_support import (  # noqa: F401 (fixtures)
+from conversion_platform_tests.delivery_support import (
     HOUR,
     EmulatorControl,
     deliver,
     destination_config,
-    emulator,
-    emulator_url,
     frame_of,
     many,
     outcomes,
     record,
     sha,
-    token,
 )
+
+#: The emulator, its control client and the credential fixture.
+pytest_plugins = ("conversion_platform_tests.delivery_support",)
 
 
 def test_body_is_tiktoks_documented_shape(
@@ -69,7 +69,10 @@ def test_body_is_tiktoks_documented_shape(
             "content_type": "product",
             "contents": [{"content_id": "sku-1", "quantity": 2, "price": 64.95}],
         },
-        "page": {"url": "https://shop.example/checkout/thanks", "referrer": "https://www.google.com/"},
+        "page": {
+            "url": "https://shop.example/checkout/thanks",
+            "referrer": "https://www.google.com/",
+        },
     }
     assert custom["event"] == "wishlist_add"  # a custom event keeps its name
     assert "content_type" not in custom["properties"]
