@@ -53,6 +53,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from conversion_platform import events
     from conversion_platform.definitions import build_definitions
+    from conversion_platform.demo_delivery import start_demo_emulator
     from conversion_platform.ingest.landing_writer import land_events
     from conversion_platform.report import hourly_summary
     from conversion_platform.store.database import engine_for
@@ -86,6 +87,8 @@ def run_demo(args: argparse.Namespace) -> int:
         f"({traffic.conversions:,} distinct conversions) in {time.monotonic() - started:.1f}s"
     )
 
+    # The demo delivers live to the local ad-platform emulator, never to the real platforms.
+    demo_platforms = start_demo_emulator(settings.destinations_file)
     definitions = build_definitions(settings)
     job = definitions.resolve_job_def("hourly_conversions_job")
     instance = DagsterInstance.get()
@@ -109,6 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(summary.to_string(index=False))
     totals = summary.drop(columns=["hour"]).sum()
     print("\nTotals: " + ", ".join(f"{k} {int(v):,}" for k, v in totals.items()))
+    print("\n" + demo_platforms.summary())
     print(
         f"\nDone in {time.monotonic() - started:.0f}s. State: {settings.home} (Dagster: {dagster_home})."
     )

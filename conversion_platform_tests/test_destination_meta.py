@@ -186,3 +186,15 @@ def test_events_meta_cannot_take_are_kept_back_with_the_reason(
     assert log["k-3"] == ("filtered", "no ad_user_data consent")
     assert log["k-4"][0] == "expired"
     assert (report.rejected_total, report.filtered, report.expired) == (1, 1, 1)
+
+
+def test_a_backend_event_without_page_url_takes_the_configured_site_url(
+    emulator: EmulatorControl, engine: Engine, token: str, tmp_path: Path
+) -> None:
+    config = destination_config(
+        "meta_capi", emulator.url, settings={"default_event_source_url": "https://shop.example/"}
+    )
+    frame = frame_of([record("b-1", page_url=None), record("b-2")])
+    deliver(engine, config, frame, tmp_path)
+    urls = {e["event_id"]: e["event_source_url"] for e in emulator.last_body("meta")["data"]}
+    assert urls == {"b-1": "https://shop.example/", "b-2": "https://shop.example/checkout/thanks"}

@@ -32,6 +32,8 @@ class DestinationConfig:
     platform: str
     mode: str = MODE_LIVE
     base_url: str | None = None
+    #: environment variable that overrides `base_url` when set (the demo's emulator)
+    base_url_env: str | None = None
     #: platform settings (pixel id, API version, customer id, ...), never secrets
     settings: dict[str, Any] = field(default_factory=dict)
     #: credential name -> environment variable that holds it
@@ -91,6 +93,7 @@ def _entry(name: str, raw: dict[str, Any]) -> DestinationConfig:
         platform=str(raw.get("platform", name)),
         mode=mode,
         base_url=str(base_url).rstrip("/") if base_url else None,
+        base_url_env=str(base_url_env) if base_url_env else None,
         settings=dict(raw.get("settings") or {}),
         credentials={str(k): str(v) for k, v in credentials.items()},
         event_names={str(k): str(v) for k, v in (raw.get("event_names") or {}).items()},

@@ -69,6 +69,11 @@ def coalesce(*values: pa.Array) -> pa.Array:
     return pc.coalesce(*values)
 
 
+def with_default(values: pa.Array, default: object) -> pa.Array:
+    """`values`, with `default` (when configured) where a value is missing."""
+    return values.fill_null(lit(str(default))) if default else values
+
+
 def mask_where(values: pa.Array, keep: np.ndarray) -> pa.Array:
     """`values` where `keep` is true, null elsewhere."""
     return pc.if_else(pa.array(keep, type=pa.bool_()), values, pa.scalar(None, values.type))

@@ -7,7 +7,8 @@ one before batching, and a rejected batch is split to find the event at fault);
 (E.164 digits only, no `+`), `fn`, `ln`, `ct`, `st`, `zp`, `country`, `external_id`
 SHA-256 hashed; IP, user agent, `fbc` and `fbp` as received (`fbc` derived as
 `fb.1.<ms>.<fbclid>` from a click id when the cookie is missing); website events need
-`event_source_url` and `client_user_agent`. Graph API error codes 102, 104, 190, 10 and
+`event_source_url` (`settings.default_event_source_url`, the site's URL, stands in for
+backend events that have no page URL) and `client_user_agent`. Graph API error codes 102, 104, 190, 10 and
 200-299 are auth or permission failures; 1, 2, 4, 17, 341, 368, 80003 (and any error
 flagged `is_transient`) are worth retrying; 100 is a bad request.
 """
@@ -86,7 +87,9 @@ class MetaConversionsApi(Destination):
         seconds = jc.unix_seconds(frame)
         names = self.platform_event_names(frame, config)
         action_source = text("action_source").fill_null(jc.lit("website"))
-        page_url = text("page_url")
+        page_url = jc.with_default(
+            text("page_url"), config.settings.get("default_event_source_url")
+        )
         user_agent = text("user_agent")
         fbclid = text("fbclid")
         # Meta's documented form when only the click id is known: fb.1.<ms>.<fbclid>

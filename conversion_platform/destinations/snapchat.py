@@ -6,7 +6,8 @@ days old; `event_id` dedupes against the pixel's `client_dedup_id`. `user_data` 
 (E.164 digits only, no `+`), `fn`, `ln`, `ct`, `st`, `zp`, `country`, `external_id`
 SHA-256 hashed; `client_ip_address`, `client_user_agent`, `sc_click_id` in clear. Each event
 needs `event_name`, `event_time`, `action_source` (`WEB`, `MOBILE_APP`, `OFFLINE`),
-`event_source_url` for web events, and a key to match a Snapchatter on (em, ph,
+`event_source_url` for web events (`settings.default_event_source_url` stands in where a
+backend event has none), and a key to match a Snapchatter on (em, ph,
 external_id, sc_click_id, or IP with user agent); PURCHASE needs value and currency.
 `POST /v3/{pixel_id}/events/validate` checks a payload without recording it.
 
@@ -90,7 +91,9 @@ class SnapchatConversionsApi(Destination):
             text("action_source").fill_null(jc.lit("website")),
             {s: ACTION_SOURCES.get(s, "OFFLINE") for s in events.ACTION_SOURCES},
         ).fill_null(jc.lit("OFFLINE"))
-        page_url = text("page_url")
+        page_url = jc.with_default(
+            text("page_url"), config.settings.get("default_event_source_url")
+        )
         ip, user_agent, click_id = text("client_ip"), text("user_agent"), text("sccid")
         email = jc.hex_digests(text("email_sha256"))
         phone = jc.hex_digests(text("phone_digits_sha256"))
