@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import requests
 
 from conversion_platform import events
@@ -197,40 +198,48 @@ def config_for(name: str, mode: str, base_url: str | None = None) -> Destination
     )
 
 
-def build_bodies(frame: pd.DataFrame, name: str) -> dict[str, Any]:
-    """Encode the hour and build every request body as dry-run mode would; timed."""
+def build_bodies(frame: pd.DataFrame, name: str, chunk_rows: int = 100_000) -> dict[str, Any]:
+    """Encode the hour and build every request body as dry-run mode does (a chunk of
+    events at a time, the last partial batch of a chunk carried into the next); timed."""
     destination = destination_for(name, CONFIGS[name].get("settings"))
     config = config_for(name, MODE_DRY_RUN)
+    size = destination.batch_size(config)
+    now = datetime.now(UTC)
     started = time.perf_counter()
-    encoded = destination.encode_events(frame, config, datetime.now(UTC))
-    encoded_at = time.perf_counter()
-    keep = np.array([p is None for p in encoded.problems])
-    ids = frame["event_id"].to_numpy(dtype=object)[keep].tolist()
-    import pyarrow as pa
-
-    groups = (
-        None
-        if encoded.groups is None
-        else [g for g, k in zip(encoded.groups, keep, strict=True) if k]
-    )
-    run = EventRun(ids, encoded.json.filter(pa.array(keep)), groups)
-    ranges = plan_batches(
-        len(run), destination.batch_size(config), run.groups, destination.max_groups_per_request
-    )
-    size = 0
-    for number, positions in enumerate(ranges):
-        size += len(
-            destination.build_request(run.batch(number, positions), config, None, MODE_DRY_RUN).body
-        )
+    encode_seconds = 0.0
+    requests_built = body_bytes = sendable = 0
+    carry = None
+    for start in range(0, len(frame), chunk_rows):
+        chunk = frame.iloc[start : start + chunk_rows].reset_index(drop=True)
+        t0 = time.perf_counter()
+        encoded = destination.encode_events(chunk, config, now)
+        encode_seconds += time.perf_counter() - t0
+        keep = np.array([p is None for p in encoded.problems], dtype=bool)
+        ids = chunk["event_id"].to_numpy(dtype=object)[keep].tolist()
+        groups = None
+        if encoded.groups is not None:
+            groups = [g for g, k in zip(encoded.groups, keep, strict=True) if k]
+        run = EventRun(ids, encoded.json.filter(pa.array(keep)), groups, carry)
+        sendable += len(ids)
+        ranges = plan_batches(len(run), size, run.groups, destination.max_groups_per_request)
+        carry = None
+        if start + chunk_rows < len(frame) and ranges and len(ranges[-1]) < size:
+            carry = run.carry(ranges.pop())
+        for number, positions in enumerate(ranges):
+            body = destination.build_request(
+                run.batch(number, positions), config, None, MODE_DRY_RUN
+            ).body
+            requests_built += 1
+            body_bytes += len(body)
     seconds = time.perf_counter() - started
     return {
         "events": len(frame),
-        "sendable": len(run),
-        "requests": len(ranges),
+        "sendable": sendable,
+        "requests": requests_built,
         "seconds": round(seconds, 3),
-        "encode_seconds": round(encoded_at - started, 3),
+        "encode_seconds": round(encode_seconds, 3),
         "events_per_second": round(len(frame) / seconds),
-        "body_megabytes": round(size / 1e6, 1),
+        "body_megabytes": round(body_bytes / 1e6, 1),
     }
 
 

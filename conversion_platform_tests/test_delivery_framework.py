@@ -221,3 +221,35 @@ def test_a_credential_value_in_the_file_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(DestinationConfigError, match="environment variables"):
         load_destination_configs(path)
+
+
+@pytest.mark.parametrize(("name", "platform"), PLATFORMS)
+def test_an_hour_encoded_in_chunks_sends_the_same_full_batches(
+    name: str, platform: str, emulator: EmulatorControl, engine: Engine, token: str, tmp_path: Path
+) -> None:
+    records = many(13, "c")
+    records[6]["event_name"] = "page_view"  # not forwarded: chunks are uneven
+    config = destination_config(name, emulator.url, batch_size=3)
+    session = new_session()
+    chunked = HourDeliverer(
+        engine, destination_for(name, config.settings), config, session, tmp_path, chunk_rows=4
+    )
+    report = chunked.deliver_hour(frame_of(records), HOUR, "k")
+    assert report.sent == 12 and report.requests == 4
+    bodies = [r["body"] for r in emulator.requests(platform)]
+    key = "events" if platform == "google" else "data"
+    sent_ids = [e.get("event_id") or e.get("transactionId") for body in bodies for e in body[key]]
+    assert [len(body[key]) for body in bodies] == [3, 3, 3, 3]
+    assert sent_ids == [r["event_id"] for i, r in enumerate(records) if i != 6]
+    assert set(emulator.accepted(platform).values()) == {1}
+
+
+@pytest.mark.parametrize("mode", ["live", "dry_run"])
+def test_an_empty_hour_sends_nothing_and_fails_nothing(
+    mode: str, emulator: EmulatorControl, engine: Engine, token: str, tmp_path: Path
+) -> None:
+    for name, _ in PLATFORMS:
+        config = destination_config(name, emulator.url, mode=mode)
+        report = deliver(engine, config, frame_of([]), tmp_path)
+        assert (report.sent, report.requests, report.pending) == (0, 0, 0)
+    assert all(emulator.stats(p)["requests"] == 0 for _, p in PLATFORMS)

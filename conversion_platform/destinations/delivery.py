@@ -38,7 +38,6 @@ from conversion_platform.destinations.base import (
     STATUS_VALIDATED,
     BatchOutcome,
     Destination,
-    EncodedEvents,
     EventBatch,
     identifiers_allowed,
 )
@@ -48,7 +47,7 @@ from conversion_platform.destinations.config import (
     DestinationConfig,
 )
 from conversion_platform.destinations.http_client import TransportError, send_request
-from conversion_platform.destinations.outbox import write_outbox
+from conversion_platform.destinations.outbox import OutboxWriter
 from conversion_platform.store import delivery_log as log
 from conversion_platform.store.timecodes import now_micros
 
@@ -123,18 +122,27 @@ def strip_identifiers(frame: pd.DataFrame, allowed: pd.Series) -> pd.DataFrame:
 
 
 class EventRun:
-    """The sendable events of an hour: their ids and JSON objects in one buffer.
+    """The sendable events of (a chunk of) an hour: ids and JSON objects in one buffer.
 
     A batch of consecutive events is one slice of the buffer; any other set of events
-    (what is left after the platform named a bad one) is joined from their pieces.
+    (what is left after the platform named a bad one) is joined from their pieces. Events
+    carried over from the previous chunk (a batch's worth at most) come first, as pieces.
     """
 
-    def __init__(self, event_ids: list[str], json: pa.Array, groups: list[str] | None) -> None:
-        self.event_ids = event_ids
-        self.groups = groups
+    def __init__(
+        self,
+        event_ids: list[str],
+        json: pa.Array,
+        groups: list[str] | None,
+        carried: Carry | None = None,
+    ) -> None:
+        carried = carried or Carry([], [], [] if groups is not None else None)
+        self._carried = carried.pieces
+        self.event_ids = carried.event_ids + event_ids
+        self.groups = None if groups is None else (carried.groups or []) + groups
         with_commas = pc.binary_join_element_wise(json, jc.lit(","), jc.lit(""))
-        self._offsets = jc.value_offsets(with_commas).astype(np.int64)
-        self._offsets = self._offsets - self._offsets[0]
+        offsets = jc.value_offsets(with_commas).astype(np.int64)
+        self._offsets = offsets - offsets[0]
         self._data = memoryview(jc.contiguous_text(with_commas))
 
     def __len__(self) -> int:
@@ -142,18 +150,43 @@ class EventRun:
 
     def piece(self, i: int) -> bytes:
         """Event i's JSON object."""
+        if i < len(self._carried):
+            return self._carried[i]
+        i -= len(self._carried)
         return self._data[self._offsets[i] : self._offsets[i + 1] - 1].tobytes()
 
     def batch(self, number: int, positions: Sequence[int]) -> EventBatch:
+        carried = len(self._carried)
         if isinstance(positions, range) and positions.step == 1 and len(positions):
             start, stop = positions.start, positions.stop
-            body = self._data[self._offsets[start] : self._offsets[stop] - 1].tobytes()
+            head = [self._carried[i] for i in range(start, min(stop, carried))]
+            first, last = max(start, carried) - carried, stop - carried
+            if first < last:
+                head.append(self._data[self._offsets[first] : self._offsets[last] - 1].tobytes())
+            body = b",".join(head)
         else:
             body = b",".join(self.piece(i) for i in positions)
         groups: tuple[str, ...] = ()
         if self.groups is not None:
             groups = tuple(dict.fromkeys(self.groups[i] for i in positions))
         return EventBatch(number, [self.event_ids[i] for i in positions], body, groups)
+
+    def carry(self, positions: range) -> Carry:
+        """The events at `positions`, to open the next chunk's first batch."""
+        return Carry(
+            [self.event_ids[i] for i in positions],
+            [self.piece(i) for i in positions],
+            None if self.groups is None else [self.groups[i] for i in positions],
+        )
+
+
+@dataclass
+class Carry:
+    """Encoded events of a chunk's last, partial batch, carried into the next chunk."""
+
+    event_ids: list[str]
+    pieces: list[bytes]
+    groups: list[str] | None
 
 
 def plan_batches(
@@ -189,6 +222,7 @@ class HourDeliverer:
         run_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        chunk_rows: int = 100_000,
     ) -> None:
         self.engine = engine
         self.destination = destination
@@ -199,6 +233,7 @@ class HourDeliverer:
         self.run_id = run_id
         self.clock = clock or (lambda: pd.Timestamp.now(tz="UTC").to_pydatetime())
         self.sleep = sleep
+        self.chunk_rows = chunk_rows
 
     # -- one hour --------------------------------------------------------------------------
 
@@ -208,8 +243,48 @@ class HourDeliverer:
         credentials = config.read_credentials() if mode != MODE_DRY_RUN else None
         report = HourDelivery(config.name, hour, mode)
         now = pd.Timestamp(self.clock())
-        outcomes: list[log.EventOutcome] = []
+        frame, outcomes = self._eligible(frame, report, now)
+        with self.engine.begin() as conn:
+            log.record_event_outcomes(conn, config.name, hour, outcomes)
 
+        outbox = (
+            OutboxWriter(self.outbox_dir, config.name, partition_key)
+            if mode == MODE_DRY_RUN
+            else None
+        )
+        size = destination.batch_size(config)
+        context = _BatchContext(hour, mode, credentials, report)
+        carry: Carry | None = None
+        number = 0
+        # An hour is encoded a chunk at a time: memory stays bounded and is reused, and a
+        # chunk's last partial batch is carried into the next so requests stay full.
+        chunk_rows = max(self.chunk_rows, size)
+        for start in range(0, max(len(frame), 1), chunk_rows):
+            chunk = frame.iloc[start : start + chunk_rows].reset_index(drop=True)
+            last_chunk = start + chunk_rows >= len(frame)
+            run = self._encode_chunk(chunk, now, carry, context)
+            ranges = plan_batches(len(run), size, run.groups, destination.max_groups_per_request)
+            carry = None
+            if not last_chunk and ranges and len(ranges[-1]) < size:
+                carry = run.carry(ranges.pop())
+            for positions in ranges:
+                if outbox is not None:
+                    self._write_batch(outbox, context, run.batch(number, positions))
+                elif report.auth_failed:
+                    self._not_sent(context, [run.event_ids[i] for i in positions])
+                else:
+                    self._send(context, run, number, positions)
+                number += 1
+        if outbox is not None:
+            report.outbox_file = str(outbox.close())
+        return report
+
+    def _eligible(
+        self, frame: pd.DataFrame, report: HourDelivery, now: pd.Timestamp
+    ) -> tuple[pd.DataFrame, list[log.EventOutcome]]:
+        """The events to encode, and the outcomes of those that won't be (filtered, expired)."""
+        config, destination = self.config, self.destination
+        outcomes: list[log.EventOutcome] = []
         frame = frame.loc[forwarded_event_names(frame, config).to_numpy()]
         duplicated = frame["event_id"].duplicated().to_numpy()
         if duplicated.any():
@@ -246,135 +321,123 @@ class HourDeliverer:
         )
         report.expired = int(too_old.sum())
         frame = frame.loc[~too_old].reset_index(drop=True)
+        max_groups = destination.max_groups_per_request
+        if max_groups is not None and frame["event_name"].nunique() > max_groups:
+            # Events of one name (so of one group) side by side: each request then names
+            # as few groups as it can.
+            frame = frame.sort_values("event_name", kind="stable").reset_index(drop=True)
+        return frame, outcomes
 
-        encoded = destination.encode_events(frame, config, now.to_pydatetime())
+    def _encode_chunk(
+        self, chunk: pd.DataFrame, now: pd.Timestamp, carry: Carry | None, ctx: _BatchContext
+    ) -> EventRun:
+        """Encode a chunk, record the events that can't be sent, and keep the rest."""
+        destination, report = self.destination, ctx.report
+        encoded = destination.encode_events(chunk, self.config, now.to_pydatetime())
         problems = np.array(encoded.problems, dtype=object)
         in_future = (
-            frame["event_time"] - now > pd.Timedelta(destination.max_future_skew)
+            chunk["event_time"] - now > pd.Timedelta(destination.max_future_skew)
         ).to_numpy()
         problems[in_future & (problems == None)] = "event_time is in the future"  # noqa: E711
         invalid = problems != None  # noqa: E711
+        rejected: list[log.EventOutcome] = []
         for row in np.flatnonzero(invalid):
             reason = f"invalid for {destination.platform}: {problems[row]}"
             report.rejected[reason] += 1
-            outcomes.append(
+            rejected.append(
                 log.EventOutcome(
-                    str(frame.at[row, "event_id"]),
-                    frame.at[row, "event_name"],
+                    str(chunk.at[row, "event_id"]),
+                    chunk.at[row, "event_name"],
                     log.EVENT_PERMANENT,
                     reason,
                 )
             )
-        run, names, quality = self._sendable(frame, encoded, ~invalid)
-        report.sent = len(run)
-        report.match_quality_sum = float(sum(quality.get(eid) or 0.0 for eid in run.event_ids))
-
-        ranges = plan_batches(
-            len(run), destination.batch_size(config), run.groups, destination.max_groups_per_request
+        if rejected:
+            with self.engine.begin() as conn:
+                log.record_event_outcomes(conn, self.config.name, ctx.hour, rejected)
+        keep = ~invalid
+        ids = chunk["event_id"].astype(str).to_numpy()[keep].tolist()
+        groups = (
+            None
+            if encoded.groups is None
+            else [str(g) for g, k in zip(encoded.groups, keep, strict=True) if k]
         )
-        if mode == MODE_DRY_RUN:
-            self._write_dry_run(run, ranges, hour, partition_key, report, outcomes, names, quality)
-            return report
-        with self.engine.begin() as conn:
-            log.record_event_outcomes(conn, config.name, hour, outcomes)
-        context = _BatchContext(hour, mode, credentials, report, names, quality, run)
-        for number, positions in enumerate(ranges):
-            if report.auth_failed:
-                with self.engine.begin() as conn:
-                    log.record_event_outcomes(
-                        conn,
-                        config.name,
-                        hour,
-                        [
-                            log.EventOutcome(
-                                eid,
-                                names.get(eid),
-                                log.EVENT_RETRYABLE,
-                                "not sent: destination auth failed",
-                            )
-                            for eid in (run.event_ids[i] for i in positions)
-                        ],
-                    )
-                report.pending += len(positions)
-                continue
-            self._send(context, number, positions)
-        return report
+        run = EventRun(ids, encoded.json.filter(pa.array(keep)), groups, carry)
+        names = chunk["event_name"].to_numpy(dtype=object)[keep]
+        ctx.names.update(zip(ids, names, strict=True))
+        if "match_quality" in chunk.columns:
+            quality = chunk["match_quality"].to_numpy(dtype="float64", na_value=np.nan)[keep]
+            ctx.quality.update((k, float(v)) for k, v in zip(ids, quality, strict=True) if v == v)
+            report.match_quality_sum += float(np.nansum(quality))
+        report.sent += len(ids)
+        return run
 
-    def _sendable(
-        self, frame: pd.DataFrame, encoded: EncodedEvents, keep: np.ndarray
-    ) -> tuple[EventRun, dict[str, str], dict[str, float]]:
-        ids = frame["event_id"].astype(str).to_numpy()[keep]
-        json = encoded.json.filter(pa.array(keep))
-        groups = None
-        if encoded.groups is not None:
-            group_values = np.asarray(encoded.groups, dtype=object)[keep]
-            max_groups = self.destination.max_groups_per_request
-            if max_groups is not None and len(set(group_values.tolist())) > max_groups:
-                # Events of one group side by side, so each request names as few as it can.
-                order = np.argsort(group_values.astype(str), kind="stable")
-                ids, group_values = ids[order], group_values[order]
-                json = json.take(pa.array(order))
-            groups = [str(g) for g in group_values.tolist()]
-        names = dict(zip(frame["event_id"].astype(str), frame["event_name"], strict=True))
-        quality: dict[str, float] = {}
-        if "match_quality" in frame.columns:
-            quality = {
-                k: float(v)
-                for k, v in zip(frame["event_id"].astype(str), frame["match_quality"], strict=True)
-                if pd.notna(v)
-            }
-        return EventRun(ids.tolist(), json, groups), names, quality
-
-    def _write_dry_run(
-        self,
-        run: EventRun,
-        ranges: list[range],
-        hour: datetime,
-        partition_key: str,
-        report: HourDelivery,
-        outcomes: list[log.EventOutcome],
-        names: dict[str, str],
-        quality: dict[str, float],
-    ) -> None:
+    def _write_batch(self, outbox: OutboxWriter, ctx: _BatchContext, batch: EventBatch) -> None:
+        """Dry run: the batch's body to the outbox, its row and its events to the log."""
         config = self.config
-        batches = [run.batch(number, positions) for number, positions in enumerate(ranges)]
-        bodies = [
-            self.destination.build_request(b, config, None, MODE_DRY_RUN).body for b in batches
-        ]
-        report.outbox_file = str(write_outbox(self.outbox_dir, config.name, partition_key, bodies))
-        report.requests = len(bodies)
+        outbox.write(self.destination.build_request(batch, config, None, MODE_DRY_RUN).body)
+        ctx.report.requests += 1
         with self.engine.begin() as conn:
-            for batch in batches:
-                batch_id = log.record_batch(
-                    conn,
-                    destination=config.name,
-                    hour=hour,
-                    run_id=self.run_id,
-                    batch_number=batch.number,
-                    attempt=1,
-                    mode=MODE_DRY_RUN,
-                    status=log.EVENT_DRY_RUN,
-                    http_status=None,
-                    event_ids=batch.event_ids,
-                    response=f"written to {report.outbox_file}",
-                    retry_after_s=None,
-                    platform_request_id=None,
-                    started_at_us=now_micros(),
-                )
-                outcomes.extend(
+            batch_id = log.record_batch(
+                conn,
+                destination=config.name,
+                hour=ctx.hour,
+                run_id=self.run_id,
+                batch_number=batch.number,
+                attempt=1,
+                mode=MODE_DRY_RUN,
+                status=log.EVENT_DRY_RUN,
+                http_status=None,
+                event_ids=batch.event_ids,
+                response=f"written to {outbox.path}",
+                retry_after_s=None,
+                platform_request_id=None,
+                started_at_us=now_micros(),
+            )
+            log.record_event_outcomes(
+                conn,
+                config.name,
+                ctx.hour,
+                [
                     log.EventOutcome(
-                        eid, names.get(eid), log.EVENT_DRY_RUN, None, batch_id, quality.get(eid)
+                        eid,
+                        ctx.names.pop(eid, None),
+                        log.EVENT_DRY_RUN,
+                        None,
+                        batch_id,
+                        ctx.quality.pop(eid, None),
                     )
                     for eid in batch.event_ids
-                )
-            log.record_event_outcomes(conn, config.name, hour, outcomes)
+                ],
+            )
+
+    def _not_sent(self, ctx: _BatchContext, event_ids: list[str]) -> None:
+        """After an auth failure: the remaining batches wait for the credentials to change."""
+        with self.engine.begin() as conn:
+            log.record_event_outcomes(
+                conn,
+                self.config.name,
+                ctx.hour,
+                [
+                    log.EventOutcome(
+                        eid,
+                        ctx.names.pop(eid, None),
+                        log.EVENT_RETRYABLE,
+                        "not sent: destination auth failed",
+                    )
+                    for eid in event_ids
+                ],
+            )
+        ctx.report.pending += len(event_ids)
 
     # -- one batch -------------------------------------------------------------------------
 
-    def _send(self, ctx: _BatchContext, number: int, positions: Sequence[int]) -> None:
+    def _send(
+        self, ctx: _BatchContext, run: EventRun, number: int, positions: Sequence[int]
+    ) -> None:
         """Send one batch with in-run retries; split it when the platform refused it whole."""
         config, destination = self.config, self.destination
-        batch = ctx.run.batch(number, positions)
+        batch = run.batch(number, positions)
         request = destination.build_request(batch, config, ctx.credentials, ctx.mode)
         outcome = BatchOutcome(STATUS_RETRYABLE, reason="not sent")
         for attempt in range(1, max(1, config.in_run_attempts) + 1):
@@ -423,11 +486,11 @@ class HourDeliverer:
             # The platform named the events at fault and took none: send the rest again.
             rest = [p for i, p in enumerate(positions) if i not in outcome.rejected]
             if rest:
-                self._send(ctx, number, rest)
+                self._send(ctx, run, number, rest)
             return
         middle = len(positions) // 2
-        self._send(ctx, number, positions[:middle])
-        self._send(ctx, number, positions[middle:])
+        self._send(ctx, run, number, positions[:middle])
+        self._send(ctx, run, number, positions[middle:])
 
     def _wait(self, outcome: BatchOutcome, attempt: int) -> float:
         if outcome.retry_after_seconds is not None:
@@ -457,7 +520,7 @@ class HourDeliverer:
         def one(i: int, status: str, reason: str | None = None) -> log.EventOutcome:
             eid = batch.event_ids[i]
             return log.EventOutcome(
-                eid, ctx.names.get(eid), status, reason, batch_id, ctx.quality.get(eid)
+                eid, ctx.names.pop(eid, None), status, reason, batch_id, ctx.quality.pop(eid, None)
             )
 
         results: list[log.EventOutcome] = []
@@ -516,9 +579,9 @@ class _BatchContext:
     mode: str
     credentials: dict[str, str] | None
     report: HourDelivery
-    names: dict[str, str]
-    quality: dict[str, float]
-    run: EventRun
+    #: event name and match quality of each event encoded and not yet settled
+    names: dict[str, str] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
     #: requests sent per batch number (the split parts of a batch count on)
     attempts: dict[int, int] = field(default_factory=dict)
 
