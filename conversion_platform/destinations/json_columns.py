@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -183,51 +184,45 @@ def integer_text(values: np.ndarray) -> pa.Array:
     return pa.array(values, type=pa.int64()).cast(pa.string()).cast(TEXT)
 
 
+@dataclass
+class _Member:
+    key: str
+    opening: str  # text after `"key":` (a quote, a bracket, or the whole constant value)
+    value: pa.Array | JsonObject | None
+    closing: str
+    valid: np.ndarray | None  # None: present for every event
+
+
 class JsonObject:
     """One JSON object per event, assembled from column pieces in one Arrow call.
 
-    Each member adds its pieces: `,"key":` plus the value's opening quote or bracket where
-    the event has a value (nothing where it hasn't), the value's text, and its closing
-    quote or bracket. A member present for every event and added first carries no comma,
-    so the object is then built in a single join; otherwise the one leading comma is cut.
+    Each member contributes pieces: its `"key":` (with a comma before it unless it is the
+    event's first member present) plus the value's opening quote or bracket where the event
+    has a value, nothing where it hasn't; the value's text; its closing quote or bracket.
+    Nested objects contribute their own pieces in place, so an event with its nested
+    objects is built by a single join, writing each byte once.
     """
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self._pieces: list[pa.Array | pa.Scalar] = []
+        self._members: list[_Member] = []
         self.present = np.zeros(n, dtype=bool)
-        self._first_always = False
 
     def _member(
         self,
         key: str,
         opening: str,
-        value: pa.Array | None,
+        value: pa.Array | JsonObject | None,
         closing: str,
         valid: np.ndarray | None,
     ) -> None:
-        comma = "" if not self._pieces else ","
         if valid is not None and valid.all():
             valid = None
+        self._members.append(_Member(key, opening, value, closing, valid))
         if valid is None:
-            if not self._pieces:
-                self._first_always = True
-            self._pieces.append(lit(f'{comma}"{key}":{opening}'))
-            if value is not None:
-                self._pieces.append(value)
-            if closing:
-                self._pieces.append(lit(closing))
             self.present[:] = True
-            return
-        if not self._pieces:
-            comma = ","  # an optional first member: every member leads with a comma
-        flags = pa.array(valid, type=pa.bool_())
-        self._pieces.append(pc.if_else(flags, lit(f'{comma}"{key}":{opening}'), EMPTY))
-        if value is not None:
-            self._pieces.append(value.fill_null(EMPTY))
-        if closing:
-            self._pieces.append(pc.if_else(flags, lit(closing), EMPTY))
-        self.present |= valid
+        else:
+            self.present |= valid
 
     def string(self, key: str, values: pa.Array) -> JsonObject:
         """A JSON string (escaped where needed); absent where null."""
@@ -267,29 +262,57 @@ class JsonObject:
 
     def object(self, key: str, child: JsonObject, always: bool = False) -> JsonObject:
         """A nested object; absent for events where it would be empty (unless `always`)."""
-        if child._first_always or (always and not child._pieces):
-            value = child.build()
-            self._member(key, "", value, "", None if always else child.present.copy())
-            return self
-        body = binary_tail(child.content())
-        valid = None if always else child.present.copy()
-        self._member(key, "{", body, "}", valid)
+        self._member(key, "{", child, "}", None if always else child.present.copy())
         return self
 
-    def content(self) -> pa.Array:
-        """The members joined: `""` for events without any, else text that starts with a
-        comma unless the first member is present for every event."""
-        return join_pieces(self._pieces, self.n)
+    def pieces(self) -> list[pa.Array | pa.Scalar]:
+        """The object's members as pieces to join (without the braces)."""
+        n = len(self._members)
+        # Per event, the first member present: it alone goes without a leading comma.
+        first = np.full(self.n, n, dtype=np.int32)
+        always_before = False
+        out: list[pa.Array | pa.Scalar] = []
+        for index, member in enumerate(self._members):
+            bare = f'"{member.key}":{member.opening}'
+            if member.valid is None:
+                if index == 0 or always_before:
+                    out.append(lit(bare if index == 0 else "," + bare))
+                else:
+                    codes = np.where(first > index, 0, 1).astype(np.int8)
+                    out.append(_choose(codes, (bare, "," + bare)))
+                first = np.minimum(first, index)
+                always_before = True
+            else:
+                if always_before:
+                    codes = np.where(member.valid, 1, 0).astype(np.int8)
+                    out.append(_choose(codes, ("", "," + bare)))
+                else:
+                    codes = np.where(member.valid, np.where(first > index, 1, 2), 0)
+                    out.append(_choose(codes.astype(np.int8), ("", bare, "," + bare)))
+                    first = np.where(member.valid & (first > index), index, first)
+            if isinstance(member.value, JsonObject):
+                out.extend(member.value.pieces())
+            elif member.value is not None:
+                out.append(member.value.fill_null(EMPTY))
+            if member.closing:
+                if member.valid is None:
+                    out.append(lit(member.closing))
+                else:
+                    out.append(_choose(member.valid.astype(np.int8), ("", member.closing)))
+        return out
 
     def build(self) -> pa.Array:
         """`{...}` for every event (`{}` where no member is present)."""
-        if self._first_always:
-            return join_pieces([lit("{"), *self._pieces, lit("}")], self.n)
-        return concat(lit("{"), binary_tail(self.content()), lit("}"))
+        return join_pieces([lit("{"), *self.pieces(), lit("}")], self.n)
 
     def build_or_null(self) -> pa.Array:
         """`{...}`, or null for events without any member."""
         return mask_where(self.build(), self.present)
+
+
+def _choose(codes: np.ndarray, texts: tuple[str, ...]) -> pa.Array:
+    """texts[code] for each event (one of a few constant pieces)."""
+    return pa.array(list(texts), type=TEXT).take(pa.array(codes))
 
 
 def join_pieces(pieces: list[pa.Array | pa.Scalar], n: int) -> pa.Array:
@@ -299,26 +322,20 @@ def join_pieces(pieces: list[pa.Array | pa.Scalar], n: int) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, EMPTY)
 
 
-def binary_tail(values: pa.Array) -> pa.Array:
-    """Each value without its leading comma (optional members each lead with one; what
-    follows a member's comma is always `"`, so only that one comma goes)."""
-    return pc.utf8_ltrim(values, characters=",")
-
-
 def list_of_present(values: list[pa.Array]) -> pa.Array:
     """`[a,b,...]` of the JSON values present per event, null when none is."""
-    present = np.zeros(len(values[0]), dtype=bool)
-    pieces: list[pa.Array | pa.Scalar] = []
-    for value in values:
+    element = JsonObject(len(values[0]))
+    pieces: list[pa.Array | pa.Scalar] = [lit("[")]
+    first = np.full(element.n, len(values), dtype=np.int32)
+    for index, value in enumerate(values):
         valid = is_present(value)
-        pieces.append(pc.if_else(pa.array(valid), lit(","), EMPTY))
+        codes = np.where(valid, np.where(first > index, 1, 2), 0).astype(np.int8)
+        pieces.append(_choose(codes, ("", "", ",")))
         pieces.append(value.fill_null(EMPTY))
-        present |= valid
-    joined = binary_tail(pc.binary_join_element_wise(*pieces, EMPTY))
-    return mask_where(concat(lit("["), joined, lit("]")), present)
-
-
-# --- hashing and mapping -----------------------------------------------------------------------
+        first = np.where(valid & (first > index), index, first)
+        element.present |= valid
+    pieces.append(lit("]"))
+    return mask_where(join_pieces(pieces, element.n), element.present)
 
 
 def hex_digests(values: pa.Array) -> pa.Array:
