@@ -26,6 +26,7 @@ from conversion_platform.destinations.google_ads import GoogleAdsDataManager
 from conversion_platform.destinations.google_ads_legacy import GoogleAdsClickConversions
 from conversion_platform.destinations.http_client import new_session
 from conversion_platform.destinations.registry import destination_for
+from conversion_platform.destinations.request_status import resolve_pending_requests
 from conversion_platform.settings import SEEDS_DIR
 from conversion_platform.store.database import create_database_engine
 from conversion_platform.store.tables import delivery_batches, delivery_events
@@ -33,6 +34,7 @@ from conversion_platform_tests.delivery_support import (
     HOUR,
     TOKEN,
     EmulatorControl,
+    batches,
     deliver,
     destination_config,
     frame_of,
@@ -253,3 +255,28 @@ def test_an_empty_hour_sends_nothing_and_fails_nothing(
         report = deliver(engine, config, frame_of([]), tmp_path)
         assert (report.sent, report.requests, report.pending) == (0, 0, 0)
     assert all(emulator.stats(p)["requests"] == 0 for _, p in PLATFORMS)
+
+
+def test_the_delivery_log_on_postgresql(
+    pg_url: str, emulator: EmulatorControl, token: str, tmp_path: Path
+) -> None:
+    """The same log on PostgreSQL: a partial failure, a re-run, and Google's status poll."""
+    engine = create_database_engine(pg_url)
+    try:
+        config = destination_config("google_ads", emulator.url, batch_size=2)
+        emulator.script("google", responses=[{}, {"status": 503}, {"status": 503}, {"status": 503}])
+        frame = frame_of(many(4, "pg"))
+        assert deliver(engine, config, frame, tmp_path).pending == 2
+        again = deliver(engine, config, frame, tmp_path)
+        assert again.already_settled == 2 and again.sent == 2
+        session = new_session()
+        polled = resolve_pending_requests(engine, destination_for("google_ads"), config, session)
+        session.close()
+        assert polled.events_delivered == 4
+        log = outcomes(engine, "google_ads")
+        assert {s for s, _ in log.values()} == {"delivered"}
+        attempts = [r["attempt"] for r in batches(engine, "google_ads")]
+        assert attempts == [1, 1, 2, 3, 1]
+        assert emulator.accepted("google") == {f"pg-000{i}": 1 for i in range(4)}
+    finally:
+        engine.dispose()
