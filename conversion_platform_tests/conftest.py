@@ -33,8 +33,8 @@ def platform_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for variable in list(os.environ):
         if (
             variable.endswith(("_ACCESS_TOKEN", "_API_TOKEN"))
-            or variable.startswith("CONVERSION_PLATFORM_")
-            and variable.endswith("_BASE_URL")
+            or (variable.startswith("CONVERSION_PLATFORM_")
+            and variable.endswith("_BASE_URL"))
         ):
             monkeypatch.delenv(variable, raising=False)
     return home

@@ -90,11 +90,12 @@ def _plausible_times(frame: pd.DataFrame, max_event_age: timedelta) -> pd.Series
     ).fillna(False)
 
 
-def _ordered(copies: pd.DataFrame, rank: dict[str, int]) -> pd.DataFrame:
+def _ordered(copies: pd.DataFrame, rank: dict[str, int], columns: list[str]) -> pd.DataFrame:
+    """`columns` of the copies, ordered per conversion by path rank, then deterministically."""
     ranks = copies["source"].astype("object").map(rank).fillna(9).astype("int64")
-    return copies.assign(_rank=ranks).sort_values(
-        [_GROUP, "_rank", "received_at", "event_time", "_content"], kind="stable"
-    )
+    keys = [_GROUP, "_rank", "received_at", "event_time", "_content"]
+    subset = copies[[c for c in dict.fromkeys([*keys[:1], *keys[2:], *columns])]]
+    return subset.assign(_rank=ranks.to_numpy()).sort_values(keys, kind="stable")
 
 
 def _first_rows(ordered: pd.DataFrame) -> pd.Series:
@@ -109,8 +110,8 @@ def _merge_groups(copies: pd.DataFrame, max_event_age: timedelta) -> pd.DataFram
             copies[list(events.STORED_COLUMNS)], index=False
         ).to_numpy(),
     )
-    server_first = _ordered(copies, _SERVER_RANK)
-    browser_first = _ordered(copies, _BROWSER_RANK)
+    server_first = _ordered(copies, _SERVER_RANK, [*SERVER_FIRST_COLUMNS, "value", "_row"])
+    browser_first = _ordered(copies, _BROWSER_RANK, list(BROWSER_FIRST_COLUMNS))
     by_server = server_first.groupby(_GROUP, sort=True)
     by_browser = browser_first.groupby(_GROUP, sort=True)
 
@@ -165,9 +166,8 @@ def merge_copies(
     """One row per (hour, dedupe_key) of copies whose keys are assigned."""
     if keyed.empty:
         return events.empty_frame(DEDUPED_COLUMNS)
-    keyed = keyed.reset_index(drop=True)
-    group = keyed.groupby([events.HOUR_COLUMN, "dedupe_key"], sort=False).ngroup()
-    keyed = keyed.assign(**{_GROUP: group.to_numpy()})
+    keyed = keyed.reset_index(drop=True)  # a new frame: adding a column leaves the caller's alone
+    keyed[_GROUP] = keyed.groupby([events.HOUR_COLUMN, "dedupe_key"], sort=False).ngroup()
     sizes = keyed.groupby(_GROUP, sort=False)[_GROUP].transform("size")
     single = (sizes == 1).to_numpy()
     singles = keyed.loc[single].copy()
@@ -185,6 +185,16 @@ def merge_copies(
     return merged.reset_index(drop=True)
 
 
+def conformed(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """`frame` as `events.conform` would give it; as is when it already is (no copy)."""
+    dtypes = events.column_dtypes(columns)
+    if list(frame.columns) == list(columns) and all(
+        str(frame[c].dtype) == dtypes[c] for c in columns
+    ):
+        return frame.reset_index(drop=True)
+    return events.conform(frame, columns)
+
+
 def deduplicate_hour_frames(
     frame: pd.DataFrame,
     tolerance: timedelta = DEFAULT_FINGERPRINT_TOLERANCE,
@@ -194,5 +204,5 @@ def deduplicate_hour_frames(
 
     Returns the merged rows and the keyed copies (whose `match_keys` the ledger needs).
     """
-    keyed = assign_dedupe_keys(events.conform(frame), tolerance)
+    keyed = assign_dedupe_keys(conformed(frame, events.CANONICAL_COLUMNS), tolerance)
     return merge_copies(keyed.frame, max_event_age), keyed

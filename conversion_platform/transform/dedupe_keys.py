@@ -311,7 +311,7 @@ def assign_dedupe_keys(
     needs_id = conversion_event_id.isna() & dedupe_key.notna()
     if needs_id.any():
         conversion_event_id[needs_id] = derived_event_ids(dedupe_key[needs_id])
-    out = frame.copy()
+    out = frame  # reset_index above made it a frame of our own
     out["dedupe_rule"] = pd.Series(rule, index=frame.index, dtype="string")
     out["dedupe_key"] = dedupe_key
     out["conversion_event_id"] = conversion_event_id

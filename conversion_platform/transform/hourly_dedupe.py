@@ -35,6 +35,7 @@ from conversion_platform.transform.cross_hour import CrossHourRules, decide_owne
 from conversion_platform.transform.dedupe import (
     DEDUPED_COLUMNS,
     DEFAULT_MAX_EVENT_AGE,
+    conformed,
     deduplicate_hour_frames,
 )
 from conversion_platform.transform.dedupe_keys import DEFAULT_FINGERPRINT_TOLERANCE
@@ -171,7 +172,7 @@ def deduplicate_hours(
         keep = retention if retention is not None else 2 * window
         forget_before(engine, max(hours) - keep)
     frame = pd.concat(kept, ignore_index=True) if kept else events.empty_frame(DEDUPED_COLUMNS)
-    frame = events.conform(frame, DEDUPED_COLUMNS)
+    frame = conformed(frame, DEDUPED_COLUMNS)
     by_rule = {str(k): int(v) for k, v in frame["dedupe_rule"].value_counts().items()}
     return DedupeResult(frame, per_hour, by_rule)
 
