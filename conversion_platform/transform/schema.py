@@ -89,7 +89,12 @@ def _text_column(column: str, *checks: pa.Check) -> pa.Column:
 
 
 def _bounded(column: str, limit: int) -> pa.Column:
-    return _text_column(column, pa.Check.str_length(max_value=limit, name=too_long_reason(column)))
+    return _text_column(
+        column,
+        pa.Check.str_length(
+            max_value=limit, name=too_long_reason(column), error=too_long_reason(column)
+        ),
+    )
 
 
 def build_conversion_schema(max_event_age: timedelta) -> pa.DataFrameSchema:
@@ -99,25 +104,48 @@ def build_conversion_schema(max_event_age: timedelta) -> pa.DataFrameSchema:
         **{c: _bounded(c, MAX_ID_LENGTH) for c in ID_COLUMNS},
         **{c: _bounded(c, MAX_URL_LENGTH) for c in URL_COLUMNS},
         "event_name": _text_column(
-            "event_name", pa.Check(event_name_in_model, name=REASON_EVENT_NAME_NOT_IN_MODEL)
+            "event_name",
+            pa.Check(
+                event_name_in_model,
+                name=REASON_EVENT_NAME_NOT_IN_MODEL,
+                error=REASON_EVENT_NAME_NOT_IN_MODEL,
+            ),
         ),
         "event_time": pa.Column(events.TIMESTAMP_DTYPE, nullable=False),
         "received_at": pa.Column(events.TIMESTAMP_DTYPE, nullable=False),
         "source": _text_column(
-            "source", pa.Check.isin(list(events.SOURCES), name=REASON_SOURCE_UNKNOWN)
+            "source",
+            pa.Check.isin(
+                list(events.SOURCES), name=REASON_SOURCE_UNKNOWN, error=REASON_SOURCE_UNKNOWN
+            ),
         ),
         "action_source": _text_column(
             "action_source",
-            pa.Check.isin(list(events.ACTION_SOURCES), name=REASON_ACTION_SOURCE_UNKNOWN),
+            pa.Check.isin(
+                list(events.ACTION_SOURCES),
+                name=REASON_ACTION_SOURCE_UNKNOWN,
+                error=REASON_ACTION_SOURCE_UNKNOWN,
+            ),
         ),
-        "value": pa.Column("float64", pa.Check.ge(0, name=REASON_VALUE_NEGATIVE), nullable=True),
+        "value": pa.Column(
+            "float64",
+            pa.Check.ge(0, name=REASON_VALUE_NEGATIVE, error=REASON_VALUE_NEGATIVE),
+            nullable=True,
+        ),
         "currency": pa.Column(events.STRING_DTYPE, nullable=True),
         **{
-            c: _text_column(c, pa.Check.isin(list(events.CONSENT_VALUES), name=f"{c}_invalid"))
+            c: _text_column(
+                c,
+                pa.Check.isin(
+                    list(events.CONSENT_VALUES), name=f"{c}_invalid", error=f"{c}_invalid"
+                ),
+            )
             for c in ("consent_ad_user_data", "consent_ad_personalization")
         },
         **{
-            c: _text_column(c, pa.Check.str_matches(_SHA256, name=f"{c}_not_sha256"))
+            c: _text_column(
+                c, pa.Check.str_matches(_SHA256, name=f"{c}_not_sha256", error=f"{c}_not_sha256")
+            )
             for c in events.HASHED_IDENTITY_COLUMNS
         },
     }
