@@ -123,22 +123,37 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def partition_hour(text: str) -> datetime:
+    """An hour's partition key (`2026-11-29-10:00`, UTC) as the hour's start."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an hour's partition key, like 2026-11-29-10:00 (UTC)"
+        ) from exc
+
+
 def show_quarantine(args: argparse.Namespace) -> int:
-    """Print the quarantined records of one hour."""
+    """Print the quarantined records of one hour, then their counts by reason."""
     from conversion_platform.store.database import engine_for
-    from conversion_platform.store.quarantine import read_quarantined
+    from conversion_platform.store.quarantine import read_quarantined, reason_counts
 
     settings = Settings.from_env()
-    hour = datetime.strptime(args.hour, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+    hour: datetime = args.hour
+    key = hour.strftime("%Y-%m-%d-%H:%M")
     frame = read_quarantined(engine_for(settings.db_url), hour, hour + timedelta(hours=1))
+    if args.stage:
+        frame = frame.loc[frame["stage"] == args.stage].reset_index(drop=True)
     if frame.empty:
-        print(f"nothing quarantined in hour {args.hour}")
+        print(f"nothing quarantined in hour {key}")
         return 0
-    columns = ["stage", "source", "origin", "reason", "raw_redacted"]
-    with_width = frame[columns].copy()
-    with_width["raw_redacted"] = with_width["raw_redacted"].str.slice(0, 80)
-    print(with_width.to_string(index=False))
-    print(f"\n{len(frame)} records")
+    columns = ["stage", "source", "event_id", "origin", "reason", "raw_redacted"]
+    shown = frame[columns].copy()
+    for column, width in (("event_id", 40), ("origin", 60), ("raw_redacted", 80)):
+        shown[column] = shown[column].str.slice(0, width)
+    print(shown.fillna("").to_string(index=False))
+    print(f"\n{len(frame)} records in hour {key}; by reason:")
+    print(reason_counts(frame).to_string(index=False))
     return 0
 
 
@@ -162,7 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=run_demo)
 
     quarantine = commands.add_parser("quarantine", help="list the quarantined records of an hour")
-    quarantine.add_argument("--hour", required=True, help="partition key, e.g. 2026-11-29-10:00")
+    quarantine.add_argument(
+        "--hour", required=True, type=partition_hour, help="partition key, e.g. 2026-11-29-10:00"
+    )
+    quarantine.add_argument(
+        "--stage", choices=("parse", "collector", "validation"), help="only records of this stage"
+    )
     quarantine.set_defaults(handler=show_quarantine)
 
     emulator = commands.add_parser("emulator", help="serve the local ad-platform API emulator")

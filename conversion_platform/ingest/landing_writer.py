@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from conversion_platform import events
 from conversion_platform.ingest.records import RecordError, coerce_record, records_to_frame
+from conversion_platform.store.identity_drops import add_dropped_identifiers
 from conversion_platform.store.landing import insert_landing_events
 from conversion_platform.store.quarantine import (
     STAGE_COLLECTOR,
@@ -87,8 +88,17 @@ def land_events(
             )
             continue
         accepted.append(coerced)
-    frame, _dropped = records_to_frame(accepted, value_verified=source != events.SOURCE_PIXEL)
+    # Per hour received, so dropped identity values are counted in the hour they arrived.
+    by_hour: dict[datetime, list[dict[str, Any]]] = {}
+    for coerced in accepted:
+        by_hour.setdefault(_hour(coerced["received_at"]), []).append(coerced)
+    frames, dropped = [], {}
+    for hour, group in by_hour.items():
+        frame, dropped[hour] = records_to_frame(group, value_verified=source != events.SOURCE_PIXEL)
+        frames.append(frame)
     with engine.begin() as conn:
-        result.accepted = insert_landing_events(conn, frame, site)
+        for frame in frames:
+            result.accepted += insert_landing_events(conn, frame, site)
         insert_quarantined(conn, quarantined)
+        add_dropped_identifiers(conn, dropped, source)
     return result

@@ -182,6 +182,21 @@ def coerce_record(
     return out
 
 
+def drop_malformed_prehashed(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[str]]:
+    """Pre-hashed identity values (sent under the stored names) that aren't SHA-256 digests
+    are dropped and counted: kept, they could be plaintext personal data at rest."""
+    dropped: Counter[str] = Counter()
+    for column in events.HASHED_IDENTITY_COLUMNS:
+        if column not in frame.columns:
+            continue
+        values = frame[column].astype("string").str.strip().str.lower()
+        bad = values.notna() & ~values.str.fullmatch(r"[0-9a-f]{64}").fillna(False)
+        if bad.any():
+            dropped[f"{column}_malformed"] += int(bad.sum())
+        frame[column] = values.mask(bad)
+    return frame, dropped
+
+
 def records_to_frame(
     records: Sequence[Mapping[str, Any]],
     *,
@@ -200,7 +215,9 @@ def records_to_frame(
         else pd.DataFrame(columns=columns)
     )
     frame = normalise_location_columns(frame)
+    frame, malformed = drop_malformed_prehashed(frame)
     frame, dropped = hash_identity_columns(frame)
+    dropped.update(malformed)
     frame["value_verified"] = value_verified
     for column in events.TIMESTAMP_COLUMNS:
         frame[column] = pd.to_datetime(frame[column], utc=True)

@@ -79,16 +79,59 @@ log_file_index = sa.Table(
     sa.Column("indexed_at_us", sa.BigInteger, nullable=False),
 )
 
-#: Dedupe keys seen, each owned by the earliest hour that received it.
+#: Every key of every conversion an hour received, and which hour delivered that
+#: conversion (`owner_hour_us`; equal to `hour_us` when this hour delivered it). See
+#: `store.ledger` for how hours use it.
 dedupe_ledger = sa.Table(
     "dedupe_ledger",
     metadata,
-    sa.Column("dedupe_key", sa.Text, primary_key=True),
+    sa.Column("match_key", sa.Text, primary_key=True),  # what another hour's copy looks up
+    sa.Column("hour_us", sa.BigInteger, primary_key=True),  # the hour that received it
+    sa.Column("dedupe_key", sa.Text, primary_key=True),  # the conversion in that hour
+    sa.Column("kind", sa.Text, nullable=False),  # event_id | order_id | fingerprint
     sa.Column("event_id", sa.Text, nullable=False),
-    sa.Column("hour_us", sa.BigInteger, nullable=False),
-    sa.Column("event_time_us", sa.BigInteger),
+    sa.Column("first_event_time_us", sa.BigInteger),
+    sa.Column("last_event_time_us", sa.BigInteger),
+    sa.Column("owner_hour_us", sa.BigInteger, nullable=False),
+    sa.Column("sources", sa.Text),
+    sa.Column("value", sa.Float),
     sa.Column("recorded_at_us", sa.BigInteger, nullable=False),
     sa.Index("ix_dedupe_ledger_hour", "hour_us"),
+)
+
+#: What deduplication did to each hour (the duplicate-rate check reads its history).
+dedupe_hour_figures = sa.Table(
+    "dedupe_hour_figures",
+    metadata,
+    sa.Column("hour_us", sa.BigInteger, primary_key=True),
+    sa.Column("copies_in", sa.BigInteger, nullable=False),
+    sa.Column("merged_copies", sa.BigInteger, nullable=False),
+    sa.Column("late_duplicates", sa.BigInteger, nullable=False),
+    sa.Column("delivered_by_later_hour", sa.BigInteger, nullable=False),
+    sa.Column("late_backend_confirmations", sa.BigInteger, nullable=False),
+    sa.Column("late_value_mismatches", sa.BigInteger, nullable=False),
+    sa.Column("conversions_out", sa.BigInteger, nullable=False),
+    sa.Column("duplicate_rate", sa.Float, nullable=False),
+    sa.Column("recorded_at_us", sa.BigInteger, nullable=False),
+)
+
+#: Identity values dropped where data entered (an email without `@`, `undefined`, ...),
+#: counted by hour, path and reason; the values themselves are never stored.
+dropped_identifiers = sa.Table(
+    "dropped_identifiers",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("hour_us", sa.BigInteger, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("recorded_at_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_dropped_identifiers_hour", "hour_us", "source"),
 )
 
 #: One row per request body sent (or written to the outbox) to a destination.
