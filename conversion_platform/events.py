@@ -291,7 +291,9 @@ def conform(
                     series = series.astype(dtype)
             out[column] = series.reset_index(drop=True)
         else:
-            out[column] = pd.Series(
-                [pd.NA] * n if dtype != TIMESTAMP_DTYPE else [pd.NaT] * n, dtype=dtype
-            )
+            out[column] = pd.Series([_MISSING.get(dtype, pd.NA)] * n, dtype=dtype)
     return pd.DataFrame(out, columns=list(columns))
+
+
+#: What a missing column holds: numpy dtypes can't hold pd.NA (counts start at 0).
+_MISSING: Final[dict[str, object]] = {TIMESTAMP_DTYPE: pd.NaT, "float64": float("nan"), "int64": 0}
