@@ -41,6 +41,7 @@ from conversion_platform.destinations.http_client import TransportError, send_re
 from conversion_platform.destinations.outbox import write_outbox
 from conversion_platform.store import delivery_log as log
 from conversion_platform.store.timecodes import now_micros
+from conversion_platform.transform.match_quality import match_quality_column
 
 #: Identifier columns removed from events whose ad_user_data consent is denied.
 IDENTIFIER_COLUMNS: tuple[str, ...] = (
@@ -179,9 +180,13 @@ class HourDeliverer:
             frame = frame.loc[~is_settled].reset_index(drop=True)
 
         names = dict(zip(frame["event_id"], frame["event_name"], strict=False))
+        # This platform's own score where identity resolution computed one.
+        score_column = match_quality_column(destination.platform)
+        if score_column not in frame.columns:
+            score_column = "match_quality"
         quality = (
-            dict(zip(frame["event_id"], frame["match_quality"], strict=False))
-            if "match_quality" in frame.columns
+            dict(zip(frame["event_id"], frame[score_column], strict=False))
+            if score_column in frame.columns
             else {}
         )
         prepared = destination.prepare_events(frame, config)
