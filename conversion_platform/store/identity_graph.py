@@ -3,159 +3,185 @@
 Every write happens in the caller's transaction (one per hour), which starts with
 `lock_graph` so two updates never interleave: on PostgreSQL the state row is locked
 until commit, on SQLite the first write takes the database's write lock before any read.
-Reads and writes work on whole sets (chunked `IN` lists, executemany), never one
-identifier at a time.
+
+An hour can hold a million rows, so reads and writes work on whole sets through the
+driver's own cursor (tuples, `executemany`, `IN` lists on SQLite and `= ANY(array)` on
+PostgreSQL), never one identifier at a time, and without building a dict per row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from conversion_platform.store.tables import (
     identity_click_ids,
-    identity_graph_state,
     identity_identifiers,
     identity_merges,
     identity_persons,
 )
 from conversion_platform.store.timecodes import now_micros
 
-_CHUNK = 5_000
+#: Values per `IN` list on SQLite (its limit on bound variables is 32,766).
+_SQLITE_CHUNK = 20_000
+#: SQLite page cache (KiB) for graph updates; pages are only allocated as they are used.
+SQLITE_CACHE_KIB = 262_144
+#: Rows per `executemany` call (keeps the driver's batches and memory bounded).
+_WRITE_CHUNK = 50_000
+
 COUNT_COLUMNS: dict[str, str] = {
     "mpid": "mpid_count",
     "email": "email_count",
     "phone": "phone_count",
     "external_id": "external_id_count",
 }
+#: The contact digests a person carries for enrichment.
+CONTACT_COLUMNS: tuple[str, ...] = (
+    "email_sha256",
+    "email_google_sha256",
+    "phone_sha256",
+    "phone_digits_sha256",
+    "external_id_sha256",
+)
+PERSON_COLUMNS: tuple[str, ...] = tuple(c.name for c in identity_persons.columns)
+IDENTIFIER_COLUMNS: tuple[str, ...] = tuple(c.name for c in identity_identifiers.columns)
+CLICK_COLUMNS: tuple[str, ...] = tuple(c.name for c in identity_click_ids.columns)
 
 
-def _chunks(values: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
-    for i in range(0, len(values), size):
-        yield values[i : i + size]
+class _Driver:
+    """The transaction's DBAPI cursor and the dialect's SQL spelling."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.postgres = conn.engine.dialect.name == "postgresql"
+        self.mark = "%s" if self.postgres else "?"
+        self.cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def marks(self, count: int) -> str:
+        return ", ".join([self.mark] * count)
+
+    def select_in(self, sql: str, values: Sequence[Any], extra: Sequence[Any] = ()) -> list[tuple]:
+        """Run `sql` (with `{in}` where the value list goes; `extra` parameters after it)."""
+        rows: list[tuple] = []
+        if not len(values):
+            return rows
+        if self.postgres:
+            self.cursor.execute(sql.format(**{"in": "= ANY(%s)"}), [list(values), *extra])
+            return list(self.cursor.fetchall())
+        for i in range(0, len(values), _SQLITE_CHUNK):
+            chunk = list(values[i : i + _SQLITE_CHUNK])
+            self.cursor.execute(
+                sql.format(**{"in": f"IN ({self.marks(len(chunk))})"}), [*chunk, *extra]
+            )
+            rows.extend(self.cursor.fetchall())
+        return rows
+
+    def write(self, sql: str, rows: list[tuple]) -> None:
+        for i in range(0, len(rows), _WRITE_CHUNK):
+            self.cursor.executemany(sql, rows[i : i + _WRITE_CHUNK])
 
 
-def _records(frame: pd.DataFrame, columns: Iterable[str]) -> list[dict]:
-    """Rows as dicts of plain Python values (None for missing)."""
-    part = frame[list(columns)]
-    return part.astype(object).where(part.notna(), None).to_dict("records")
+def _tuples(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
+    """Rows as tuples of plain Python values (None for missing), without a dict per row."""
+    arrays = []
+    for column in columns:
+        values = frame[column].to_numpy(dtype=object)
+        values = np.where(pd.isna(values), None, values)
+        arrays.append(values.tolist())
+    return list(zip(*arrays, strict=True))
 
 
-def _insert(conn: Connection, table: sa.Table):  # type: ignore[no-untyped-def]
-    return (postgresql if conn.engine.dialect.name == "postgresql" else sqlite).insert(table)
+def _insert_sql(driver: _Driver, table: sa.Table, columns: Sequence[str]) -> str:
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({driver.marks(len(columns))})"
 
 
 def lock_graph(conn: Connection, hour_us: int) -> None:
     """Take the graph's write lock for this transaction (the first statement of an update)."""
-    updated = conn.execute(
-        sa.update(identity_graph_state)
-        .where(identity_graph_state.c.id == 1)
-        .values(last_hour_us=hour_us, updated_at_us=now_micros())
+    driver = _Driver(conn)
+    if not driver.postgres:
+        # Large hours touch far more index pages than SQLite's default 8 MB cache holds.
+        driver.cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+    driver.cursor.execute(
+        "INSERT INTO identity_graph_state (id, last_hour_us, updated_at_us) "
+        f"VALUES (1, {driver.mark}, {driver.mark}) ON CONFLICT (id) DO UPDATE SET "
+        "last_hour_us = excluded.last_hour_us, updated_at_us = excluded.updated_at_us",
+        [hour_us, now_micros()],
     )
-    if not updated.rowcount:
-        stmt = _insert(conn, identity_graph_state).values(
-            id=1, last_hour_us=hour_us, updated_at_us=now_micros()
-        )
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
-        conn.execute(
-            sa.update(identity_graph_state)
-            .where(identity_graph_state.c.id == 1)
-            .values(last_hour_us=hour_us, updated_at_us=now_micros())
-        )
 
 
 def lookup_identifiers(conn: Connection, kind: str, values: Sequence[str]) -> pd.DataFrame:
     """Stored identifiers of `kind` among `values`: value, person_id, linkable."""
-    t = identity_identifiers
-    rows: list[tuple] = []
-    for chunk in _chunks(list(values)):
-        rows.extend(
-            conn.execute(
-                sa.select(t.c.value, t.c.person_id, t.c.linkable).where(
-                    t.c.kind == kind, t.c.value.in_(chunk)
-                )
-            ).all()
-        )
+    driver = _Driver(conn)
+    rows = driver.select_in(
+        "SELECT value, person_id, linkable FROM identity_identifiers "
+        f"WHERE value {{in}} AND kind = {driver.mark}",
+        values,
+        [kind],
+    )
     return pd.DataFrame(rows, columns=["value", "person_id", "linkable"])
 
 
-def person_stats(conn: Connection, person_ids: Sequence[str]) -> pd.DataFrame:
-    """First-seen time and identifier counts per kind of the given persons."""
-    t = identity_persons
-    columns = ["person_id", "first_seen_us", *COUNT_COLUMNS.values()]
-    rows: list[tuple] = []
-    for chunk in _chunks(list(person_ids)):
-        rows.extend(
-            conn.execute(
-                sa.select(*(t.c[c] for c in columns)).where(t.c.person_id.in_(chunk))
-            ).all()
-        )
-    return pd.DataFrame(rows, columns=columns)
+def read_persons(conn: Connection, person_ids: Sequence[str]) -> pd.DataFrame:
+    """Stored persons among `person_ids`: every column of `identity_persons`."""
+    driver = _Driver(conn)
+    rows = driver.select_in(
+        f"SELECT {', '.join(PERSON_COLUMNS)} FROM identity_persons WHERE person_id {{in}}",
+        person_ids,
+    )
+    return pd.DataFrame(rows, columns=list(PERSON_COLUMNS))
 
 
 def insert_identifiers(conn: Connection, frame: pd.DataFrame) -> None:
-    """New identifiers: kind, value, variant, person_id, linkable, first_seen_us, first_hour_us."""
+    """New identifiers (every column of `identity_identifiers`)."""
     if frame.empty:
         return
-    rows = _records(frame, [c.name for c in identity_identifiers.columns])
-    for chunk in _chunks(rows):
-        conn.execute(identity_identifiers.insert(), list(chunk))
+    driver = _Driver(conn)
+    # In key order, each b-tree page is written once rather than at random.
+    rows = sorted(_tuples(frame, IDENTIFIER_COLUMNS))
+    if driver.postgres:  # a boolean column: SQLite takes Python bools as 0/1 already
+        position = IDENTIFIER_COLUMNS.index("linkable")
+        rows = [(*r[:position], bool(r[position]), *r[position + 1 :]) for r in rows]
+    driver.write(_insert_sql(driver, identity_identifiers, IDENTIFIER_COLUMNS), rows)
 
 
 def mark_unlinkable(conn: Connection, frame: pd.DataFrame) -> None:
     """Stored identifiers (kind, value) that may no longer link anyone."""
     if frame.empty:
         return
-    t = identity_identifiers
-    stmt = (
-        sa.update(t)
-        .where(t.c.kind == sa.bindparam("k"), t.c.value == sa.bindparam("v"))
-        .values(linkable=False)
-    )
-    conn.execute(
-        stmt, [{"k": k, "v": v} for k, v in zip(frame["kind"], frame["value"], strict=True)]
+    driver = _Driver(conn)
+    driver.write(
+        f"UPDATE identity_identifiers SET linkable = {driver.mark} "
+        f"WHERE kind = {driver.mark} AND value = {driver.mark}",
+        [(False, k, v) for k, v in _tuples(frame, ["kind", "value"])],
     )
 
 
 def insert_persons(conn: Connection, frame: pd.DataFrame) -> None:
-    """New persons with their counts."""
+    """New persons (every column of `identity_persons`)."""
     if frame.empty:
         return
-    rows = _records(frame, [c.name for c in identity_persons.columns])
-    for chunk in _chunks(rows):
-        conn.execute(identity_persons.insert(), list(chunk))
+    driver = _Driver(conn)
+    driver.write(
+        _insert_sql(driver, identity_persons, PERSON_COLUMNS),
+        sorted(_tuples(frame, PERSON_COLUMNS)),
+    )
 
 
 def update_persons(conn: Connection, frame: pd.DataFrame) -> None:
-    """Counts and first-seen time of persons that gained identifiers or absorbed others."""
+    """Persons that gained identifiers or absorbed others: every column but the id."""
     if frame.empty:
         return
-    t = identity_persons
-    stmt = (
-        sa.update(t)
-        .where(t.c.person_id == sa.bindparam("pid"))
-        .values(
-            first_seen_us=sa.bindparam("first_seen"),
-            updated_hour_us=sa.bindparam("hour"),
-            **{c: sa.bindparam(f"n_{c}") for c in COUNT_COLUMNS.values()},
-        )
+    driver = _Driver(conn)
+    columns = [c for c in PERSON_COLUMNS if c not in ("person_id", "created_hour_us")]
+    assignments = ", ".join(f"{c} = {driver.mark}" for c in columns)
+    driver.write(
+        f"UPDATE identity_persons SET {assignments} WHERE person_id = {driver.mark}",
+        _tuples(frame, [*columns, "person_id"]),
     )
-    params = [
-        {
-            "pid": row["person_id"],
-            "first_seen": int(row["first_seen_us"]),
-            "hour": int(row["updated_hour_us"]),
-            **{f"n_{c}": int(row[c]) for c in COUNT_COLUMNS.values()},
-        }
-        for row in _records(
-            frame, ["person_id", "first_seen_us", "updated_hour_us", *COUNT_COLUMNS.values()]
-        )
-    ]
-    conn.execute(stmt, params)
 
 
 def record_merges(conn: Connection, merges: pd.DataFrame, hour_us: int) -> None:
@@ -163,47 +189,33 @@ def record_merges(conn: Connection, merges: pd.DataFrame, hour_us: int) -> None:
     drop the merged person, and record the merge. `merges`: merged_person_id, into_person_id."""
     if merges.empty:
         return
-    pairs = [
-        {"old": old, "new": new}
-        for old, new in zip(merges["merged_person_id"], merges["into_person_id"], strict=True)
-    ]
-    moved: dict[str, int] = {}
-    t = identity_identifiers
-    for chunk in _chunks(pairs):
-        old_ids = [p["old"] for p in chunk]
-        counted = conn.execute(
-            sa.select(t.c.person_id, sa.func.count())
-            .where(t.c.person_id.in_(old_ids))
-            .group_by(t.c.person_id)
-        ).all()
-        moved.update({pid: int(n) for pid, n in counted})
-    for table in (identity_identifiers, identity_click_ids):
-        conn.execute(
-            sa.update(table)
-            .where(table.c.person_id == sa.bindparam("old"))
-            .values(person_id=sa.bindparam("new")),
-            pairs,
+    driver = _Driver(conn)
+    pairs = _tuples(merges, ["merged_person_id", "into_person_id"])
+    moved = dict(
+        driver.select_in(
+            "SELECT person_id, COUNT(*) FROM identity_identifiers "
+            "WHERE person_id {in} GROUP BY person_id",
+            [old for old, _ in pairs],
         )
-    conn.execute(
-        sa.delete(identity_persons).where(identity_persons.c.person_id == sa.bindparam("old")),
-        [{"old": p["old"]} for p in pairs],
+    )
+    for table in ("identity_identifiers", "identity_click_ids"):
+        driver.write(
+            f"UPDATE {table} SET person_id = {driver.mark} WHERE person_id = {driver.mark}",
+            [(new, old) for old, new in pairs],
+        )
+    driver.write(
+        f"DELETE FROM identity_persons WHERE person_id = {driver.mark}",
+        [(old,) for old, _ in pairs],
     )
     now = now_micros()
-    stmt = _insert(conn, identity_merges).on_conflict_do_nothing(
-        index_elements=["merged_person_id"]
-    )
-    conn.execute(
-        stmt,
-        [
-            {
-                "merged_person_id": p["old"],
-                "into_person_id": p["new"],
-                "hour_us": hour_us,
-                "identifiers_moved": moved.get(p["old"], 0),
-                "merged_at_us": now,
-            }
-            for p in pairs
-        ],
+    driver.write(
+        _insert_sql(
+            driver,
+            identity_merges,
+            ["merged_person_id", "into_person_id", "hour_us", "identifiers_moved", "merged_at_us"],
+        )
+        + " ON CONFLICT (merged_person_id) DO NOTHING",
+        [(old, new, hour_us, int(moved.get(old, 0)), now) for old, new in pairs],
     )
 
 
@@ -211,55 +223,29 @@ def upsert_click_ids(conn: Connection, frame: pd.DataFrame) -> None:
     """Click ids seen with identifiers; a click id already known keeps its earliest sighting."""
     if frame.empty:
         return
-    t = identity_click_ids
-    stmt = _insert(conn, t)
-    earliest = (
-        sa.func.least(t.c.first_seen_us, stmt.excluded.first_seen_us)
-        if conn.engine.dialect.name == "postgresql"
-        else sa.func.min(t.c.first_seen_us, stmt.excluded.first_seen_us)
+    driver = _Driver(conn)
+    earliest = "LEAST" if driver.postgres else "MIN"
+    sql = (
+        _insert_sql(driver, identity_click_ids, CLICK_COLUMNS)
+        + " ON CONFLICT (kind, value, click_type, click_id) DO UPDATE SET "
+        f"first_seen_us = {earliest}(identity_click_ids.first_seen_us, excluded.first_seen_us), "
+        "person_id = excluded.person_id"
     )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["kind", "value", "click_type", "click_id"],
-        set_={"first_seen_us": earliest, "person_id": stmt.excluded.person_id},
-    )
-    rows = _records(frame, [c.name for c in t.columns])
-    for chunk in _chunks(rows):
-        conn.execute(stmt, list(chunk))
-
-
-def read_person_identifiers(
-    conn: Connection, person_ids: Sequence[str], kinds: Sequence[str]
-) -> pd.DataFrame:
-    """The identifiers of the given persons: person_id, kind, value, variant, first_seen_us."""
-    t = identity_identifiers
-    rows: list[tuple] = []
-    for chunk in _chunks(list(person_ids)):
-        rows.extend(
-            conn.execute(
-                sa.select(t.c.person_id, t.c.kind, t.c.value, t.c.variant, t.c.first_seen_us).where(
-                    t.c.person_id.in_(chunk), t.c.kind.in_(list(kinds))
-                )
-            ).all()
-        )
-    return pd.DataFrame(rows, columns=["person_id", "kind", "value", "variant", "first_seen_us"])
+    driver.write(sql, sorted(_tuples(frame, CLICK_COLUMNS)))
 
 
 def read_person_clicks(
     conn: Connection, person_ids: Sequence[str], since_us: int, until_us: int
 ) -> pd.DataFrame:
     """Click ids of the given persons first seen in [since, until]."""
-    t = identity_click_ids
-    rows: list[tuple] = []
-    for chunk in _chunks(list(person_ids)):
-        rows.extend(
-            conn.execute(
-                sa.select(t.c.person_id, t.c.click_type, t.c.click_id, t.c.first_seen_us).where(
-                    t.c.person_id.in_(chunk),
-                    t.c.first_seen_us >= since_us,
-                    t.c.first_seen_us <= until_us,
-                )
-            ).all()
-        )
+    driver = _Driver(conn)
+    rows = driver.select_in(
+        "SELECT person_id, click_type, click_id, first_seen_us FROM identity_click_ids "
+        f"WHERE person_id {{in}} AND first_seen_us >= {driver.mark} "
+        f"AND first_seen_us <= {driver.mark}",
+        person_ids,
+        [since_us, until_us],
+    )
     return pd.DataFrame(rows, columns=["person_id", "click_type", "click_id", "first_seen_us"])
 
 
@@ -278,30 +264,21 @@ def current_person_id(conn: Connection, person_id: str) -> str:
         person_id = into
 
 
+def _count(conn: Connection, table: sa.Table, *where: Any) -> int:
+    return int(
+        conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar() or 0
+    )
+
+
 def graph_totals(engine: Engine) -> dict[str, int]:
     """Sizes of the graph: persons, identifiers (and unlinkable ones), merges, click ids."""
     with engine.connect() as conn:
         return {
-            "persons": int(
-                conn.execute(sa.select(sa.func.count()).select_from(identity_persons)).scalar() or 0
+            "persons": _count(conn, identity_persons),
+            "identifiers": _count(conn, identity_identifiers),
+            "unlinkable_identifiers": _count(
+                conn, identity_identifiers, identity_identifiers.c.linkable.is_(False)
             ),
-            "identifiers": int(
-                conn.execute(sa.select(sa.func.count()).select_from(identity_identifiers)).scalar()
-                or 0
-            ),
-            "unlinkable_identifiers": int(
-                conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(identity_identifiers)
-                    .where(identity_identifiers.c.linkable.is_(False))
-                ).scalar()
-                or 0
-            ),
-            "merges": int(
-                conn.execute(sa.select(sa.func.count()).select_from(identity_merges)).scalar() or 0
-            ),
-            "click_ids": int(
-                conn.execute(sa.select(sa.func.count()).select_from(identity_click_ids)).scalar()
-                or 0
-            ),
+            "merges": _count(conn, identity_merges),
+            "click_ids": _count(conn, identity_click_ids),
         }

@@ -1,13 +1,16 @@
 """Enrichment: a conversion gets the identifiers its person was seen with.
 
 Contact identifiers (hashed email and phone in both forms, hashed external id) are the
-person's, whenever seen: the person's earliest-seen one of each kind fills a conversion
-that lacks it. Click ids are time-bound: a conversion gets, per click type, the most
-recent click id its person was seen with *before* the conversion and still inside that
-platform's click-through window (`IdentityRules.click_windows`). Meta's `fbc` is filled
-from a stored fbc cookie, or built from an enriched fbclid with the click's time
-(`fb.1.<click ms>.<fbclid>`, Meta's documented form). Values a conversion already has
-are never replaced.
+person's, whenever seen: the contact digests its person carries (`identity_persons`:
+the earliest seen of each kind) fill a conversion that lacks them. Click ids are
+time-bound: a conversion gets, per click type, the most recent click id its person was
+seen with *before* the conversion and still inside that platform's click-through window
+(`IdentityRules.click_windows`). Meta's `fbc` is filled from a stored fbc cookie, or
+built from an enriched fbclid with the click's time (`fb.1.<click ms>.<fbclid>`, Meta's
+documented form). Values a conversion already has are never replaced.
+
+The functions work on the hour's columns as object arrays (`values`), filled in place,
+so a million-row hour is not copied column by column.
 """
 
 from __future__ import annotations
@@ -23,59 +26,54 @@ CONTACT_FILLS: dict[str, tuple[str, str | None]] = {
     "phone": ("phone_sha256", "phone_digits_sha256"),
     "external_id": ("external_id_sha256", None),
 }
+#: Every column enrichment may fill.
+ENRICHABLE_COLUMNS: tuple[str, ...] = (
+    "email_sha256",
+    "email_google_sha256",
+    "phone_sha256",
+    "phone_digits_sha256",
+    "external_id_sha256",
+)
 
 
-def _fill(frame: pd.DataFrame, column: str, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Set `column` at `rows` where it is empty; returns the rows actually filled."""
-    current = frame[column].to_numpy(dtype=object, na_value=None)[rows]
-    empty = pd.isna(current) & pd.notna(values)
-    if empty.any():
-        target = frame[column].astype(object).to_numpy(copy=True)
-        target[rows[empty]] = values[empty]
-        frame[column] = pd.Series(target, index=frame.index).astype(frame[column].dtype)
+def _fill(
+    values: dict[str, np.ndarray], column: str, rows: np.ndarray, found: np.ndarray
+) -> np.ndarray:
+    """Set `column` at `rows` where it is empty and something was found; the rows filled."""
+    target = values[column]
+    empty = pd.isna(target[rows]) & pd.notna(found)
+    target[rows[empty]] = found[empty]
     return rows[empty]
 
 
 def enrich_contacts(
-    frame: pd.DataFrame, rows: np.ndarray, row_person: np.ndarray, identifiers: pd.DataFrame
+    values: dict[str, np.ndarray], rows: np.ndarray, row_person: np.ndarray, persons: pd.DataFrame
 ) -> dict[str, np.ndarray]:
-    """Fill missing contact identifiers of `rows` from their persons' identifiers.
+    """Fill missing contact identifiers of `rows` from their persons' contact digests.
 
-    `identifiers`: person_id, kind, value, variant, first_seen_us. Returns, per kind,
+    `persons`: person_id and the contact columns (`identity_persons`). Returns, per kind,
     the rows it filled.
     """
     filled: dict[str, np.ndarray] = {}
-    if identifiers.empty or not len(rows):
+    if persons.empty or not len(rows):
         return filled
-    first = identifiers.sort_values(
-        ["person_id", "kind", "first_seen_us", "value"], kind="stable"
-    ).drop_duplicates(["person_id", "kind"])
-    persons = pd.Index(row_person[rows])
+    position = pd.Index(persons["person_id"]).get_indexer(row_person[rows])
+    has = position >= 0
+    rows, position = rows[has], position[has]
     for kind, (column, variant_column) in CONTACT_FILLS.items():
-        mine = first.loc[first["kind"] == kind].set_index("person_id")
-        if mine.empty:
+        done = _fill(values, column, rows, persons[column].to_numpy(dtype=object)[position])
+        if not len(done):
             continue
-        position = mine.index.get_indexer(persons)
-        has = position >= 0
-        values = np.full(len(rows), None, dtype=object)
-        values[has] = mine["value"].to_numpy(dtype=object)[position[has]]
-        empty_before = frame[column].isna().to_numpy()[rows]
-        done = _fill(frame, column, rows, values)
+        filled[kind] = done
         if variant_column is not None:
-            variants = np.full(len(rows), None, dtype=object)
-            stored = mine["variant"].to_numpy(dtype=object)
-            stored = np.where(pd.isna(stored), mine["value"].to_numpy(dtype=object), stored)
-            variants[has] = stored[position[has]]
-            # the variant goes with its own identifier only
-            variants[~empty_before] = None
-            _fill(frame, variant_column, rows, variants)
-        if len(done):
-            filled[kind] = done
+            # the variant goes with its own digest, so it is set exactly where that was
+            at = position[np.isin(rows, done)]
+            values[variant_column][done] = persons[variant_column].to_numpy(dtype=object)[at]
     return filled
 
 
 def enrich_click_ids(
-    frame: pd.DataFrame,
+    values: dict[str, np.ndarray],
     rows: np.ndarray,
     row_person: np.ndarray,
     times_us: np.ndarray,
@@ -95,7 +93,7 @@ def enrich_click_ids(
     ).sort_values("t", kind="stable")
     fbclid_seen: pd.Series | None = None
     for click_type, window in rules.click_windows.items():
-        if click_type not in frame.columns:
+        if click_type not in values:
             continue
         right = clicks.loc[
             clicks["click_type"] == click_type, ["person_id", "click_id", "first_seen_us"]
@@ -115,7 +113,7 @@ def enrich_click_ids(
         if matched.empty:
             continue
         done = _fill(
-            frame,
+            values,
             click_type,
             matched["row"].to_numpy(np.int64),
             matched["click_id"].to_numpy(dtype=object),
@@ -124,17 +122,16 @@ def enrich_click_ids(
             filled[click_type] = done
             if click_type == "fbclid":
                 fbclid_seen = matched.set_index("row")["first_seen_us"].reindex(done)
-    if fbclid_seen is not None and "fbc" in frame.columns:
+    if fbclid_seen is not None and "fbc" in values:
         done = fbclid_seen.index.to_numpy(np.int64)
-        ids = frame["fbclid"].to_numpy(dtype=object, na_value=None)[done]
         built = np.array(
             [
                 f"fb.1.{int(t) // 1000}.{c}"
-                for t, c in zip(fbclid_seen.to_numpy(), ids, strict=True)
+                for t, c in zip(fbclid_seen.to_numpy(), values["fbclid"][done], strict=True)
             ],
             dtype=object,
         )
-        derived = _fill(frame, "fbc", done, built)
+        derived = _fill(values, "fbc", done, built)
         if len(derived):
             filled["fbc"] = np.union1d(filled.get("fbc", np.zeros(0, np.int64)), derived)
     return filled

@@ -29,6 +29,8 @@ from conversion_platform.store import identity_graph as graph_store
 from conversion_platform.store.timecodes import to_micros
 from conversion_platform.transform.consent import personal_data_allowed
 from conversion_platform.transform.enrichment import (
+    CONTACT_FILLS,
+    ENRICHABLE_COLUMNS,
     enrich_click_ids,
     enrich_contacts,
     enriched_labels,
@@ -42,7 +44,8 @@ from conversion_platform.transform.identity_rules import (
 )
 from conversion_platform.transform.match_quality import (
     KEY_RELEVANCE,
-    key_presence,
+    PRESENCE_COLUMNS,
+    presence_from_notna,
     score_columns,
     strong_key_counts,
 )
@@ -160,7 +163,8 @@ def resolve_hour(
     allowed = personal_data_allowed(frame, consent_required).to_numpy()
     junk = remove_junk(frame, rules)
     times_us = _times_us(frame) if n else np.zeros(0, dtype=np.int64)
-    presence_before = key_presence(frame, allowed)
+    notna = {c: frame[c].notna().to_numpy() for c in PRESENCE_COLUMNS if c in frame.columns}
+    presence_before = presence_from_notna(notna, n, allowed)
 
     # The graph: only rows allowed to carry personal data link anything.
     rows = np.flatnonzero(allowed)
@@ -180,7 +184,7 @@ def resolve_hour(
         stored_linkable,
         row_has_click,
         times_us[rows],
-        lambda ids: graph_store.person_stats(conn, ids),
+        lambda ids: graph_store.read_persons(conn, ids),
         rules,
         hour_us,
     )
@@ -204,11 +208,13 @@ def resolve_hour(
     targets = np.flatnonzero(allowed & conversion & pd.notna(row_person))
     filled: dict[str, np.ndarray] = {}
     if len(targets):
+        # The columns enrichment fills, as object arrays written back once at the end.
+        columns = [*ENRICHABLE_COLUMNS, *(c for c in rules.click_windows if c in frame.columns)]
+        columns += ["fbc"] if "fbc" in frame.columns and "fbc" not in columns else []
+        values = {c: frame[c].to_numpy(dtype=object, na_value=None, copy=True) for c in columns}
         person_ids = sorted(set(row_person[targets]))
-        identifiers = graph_store.read_person_identifiers(
-            conn, person_ids, list(("email", "phone", "external_id"))
-        )
-        filled.update(enrich_contacts(frame, targets, row_person, identifiers))
+        persons = graph_store.read_persons(conn, person_ids)
+        filled.update(enrich_contacts(values, targets, row_person, persons))
         longest = max((w for w in rules.click_windows.values()), default=timedelta(0))
         clicks_known = graph_store.read_person_clicks(
             conn,
@@ -216,10 +222,16 @@ def resolve_hour(
             int(times_us[targets].min() - longest.total_seconds() * 1_000_000),
             int(times_us[targets].max()),
         )
-        filled.update(enrich_click_ids(frame, targets, row_person, times_us, clicks_known, rules))
+        filled.update(enrich_click_ids(values, targets, row_person, times_us, clicks_known, rules))
+        for name in filled:
+            for column in filter(None, CONTACT_FILLS.get(name, (name,))):
+                frame[column] = pd.array(values[column], dtype="string")
+                if column in notna:
+                    notna[column] = notna[column].copy()
+                    notna[column][filled[name]] = True
     frame["enriched_fields"] = enriched_labels(n, filled)
 
-    presence_after = key_presence(frame, allowed)
+    presence_after = presence_from_notna(notna, n, allowed)
     frame["strong_keys_before"] = strong_key_counts(presence_before)
     frame["strong_keys_after"] = strong_key_counts(presence_after)
     for column, scores in score_columns(presence_after).items():

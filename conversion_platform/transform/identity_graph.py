@@ -29,6 +29,19 @@ from conversion_platform.transform.identity_rules import (
 )
 
 COUNT_COLUMNS: tuple[str, ...] = tuple(f"{kind}_count" for kind in KINDS)
+#: Person columns holding its contact digests: kind -> (digest column, variant column).
+CONTACTS: dict[str, tuple[str, str | None]] = {
+    "email": ("email_sha256", "email_google_sha256"),
+    "phone": ("phone_sha256", "phone_digits_sha256"),
+    "external_id": ("external_id_sha256", None),
+}
+CONTACT_COLUMNS: tuple[str, ...] = (
+    "email_sha256",
+    "email_google_sha256",
+    "phone_sha256",
+    "phone_digits_sha256",
+    "external_id_sha256",
+)
 _NO_TIME = np.iinfo(np.int64).max
 
 
@@ -252,18 +265,19 @@ def plan_hour(
     # Stored persons' sizes, for the components that change.
     person_label = labels[n:]
     wanted = [str(p) for p in person_ids[changing[person_label]]] if len(person_ids) else []
-    stats = person_stats(wanted) if wanted else pd.DataFrame()
-    stats_by_id = (
+    stats = person_stats(wanted) if wanted else pd.DataFrame(columns=["person_id"])
+    # One row per stored person node, in node order: what the graph holds about it.
+    person_table = (
         stats.set_index("person_id")
-        if len(stats)
-        else pd.DataFrame(columns=["first_seen_us", *COUNT_COLUMNS])
+        .reindex(pd.Index(person_ids, dtype=object))
+        .reindex(columns=["first_seen_us", *COUNT_COLUMNS, *CONTACT_COLUMNS])
     )
-    person_counts = np.zeros((len(person_ids), len(KINDS)), dtype=np.int64)
-    person_first = np.full(len(person_ids), _NO_TIME, dtype=np.int64)
-    if len(stats_by_id):
-        position = pd.Index(person_ids).get_indexer(stats_by_id.index)
-        person_counts[position] = stats_by_id[list(COUNT_COLUMNS)].to_numpy(np.int64)
-        person_first[position] = stats_by_id["first_seen_us"].to_numpy(np.int64)
+    person_table["first_seen_us"] = person_table["first_seen_us"].fillna(_NO_TIME)
+    person_table[list(COUNT_COLUMNS)] = person_table[list(COUNT_COLUMNS)].fillna(0)
+    person_table = person_table.astype(
+        {"first_seen_us": np.int64, **dict.fromkeys(COUNT_COLUMNS, np.int64)}
+    ).reset_index(names="person_id")
+    person_counts = person_table[list(COUNT_COLUMNS)].to_numpy(np.int64)
 
     component_counts = np.zeros((size, len(KINDS)), dtype=np.int64)
     for k in range(len(KINDS)):
@@ -295,9 +309,7 @@ def plan_hour(
         group,
         n,
         size,
-        person_ids,
-        person_counts,
-        person_first,
+        person_table,
         stored,
         stored_person,
         linkable,
@@ -356,9 +368,7 @@ def _assign(
     group: np.ndarray,
     n: int,
     size: int,
-    person_ids: np.ndarray,
-    person_counts: np.ndarray,
-    person_first: np.ndarray,
+    person_table: pd.DataFrame,
     stored: np.ndarray,
     stored_person: np.ndarray,
     linkable: np.ndarray,
@@ -373,15 +383,7 @@ def _assign(
     """Turn groups into persons: keep the oldest person, merge the others, create new ones."""
     node_group = group[:n]
     # Persons per group: the one first seen earliest is kept, the others merge into it.
-    persons = pd.DataFrame(
-        {
-            "group": group[n:size],
-            "person_id": pd.Series(person_ids, dtype=object),
-            "first_seen_us": person_first,
-        }
-    )
-    for k, column in enumerate(COUNT_COLUMNS):
-        persons[column] = person_counts[:, k]
+    persons = person_table.assign(group=group[n:size])
     persons = persons.sort_values(["group", "first_seen_us", "person_id"], kind="stable")
     kept = persons.drop_duplicates("group", keep="first").set_index("group")["person_id"]
     merged = persons.loc[persons["person_id"].to_numpy() != persons["group"].map(kept).to_numpy()]
@@ -400,6 +402,7 @@ def _assign(
             "kind": nodes.kind,
             "value": nodes.value,
             "first_seen_us": nodes.first_seen_us,
+            "variant": nodes.variant,
             "new": new_linkable,
             "linkable": linkable,
             "clicked_new": new_linkable & clicked,
@@ -467,6 +470,10 @@ def _assign(
         new_first.reindex(touched, fill_value=_NO_TIME).to_numpy(np.int64),
     )
     updated["updated_hour_us"] = hour_us
+    contacts = _group_contacts(persons, new_ids, fresh_ids.index.union(touched))
+    for column in CONTACT_COLUMNS:
+        new_persons[column] = contacts[column].reindex(fresh_ids.index).to_numpy(dtype=object)
+        updated[column] = contacts[column].reindex(touched).to_numpy(dtype=object)
 
     # Each node's person after the hour.
     node_person = np.full(n, None, dtype=object)
@@ -517,3 +524,54 @@ def _assign(
         merges=merges,
         figures=figures,
     )
+
+
+def _group_contacts(persons: pd.DataFrame, new_ids: pd.DataFrame, groups: pd.Index) -> pd.DataFrame:
+    """Per group, the contact digests its person carries: the kept person's own, else those
+    of the persons it absorbs (oldest first), else the hour's new identifiers (earliest
+    seen first)."""
+    parts = []
+    mine = persons.loc[persons["group"].isin(groups)]
+    order = mine.groupby("group").cumcount().to_numpy()
+    fresh = new_ids.loc[new_ids["group"].isin(groups)]
+    for kind, (column, variant_column) in CONTACTS.items():
+        parts.append(
+            pd.DataFrame(
+                {
+                    "group": mine["group"].to_numpy(),
+                    "kind": kind,
+                    "source": 0,
+                    "order": order,
+                    "value": mine[column].to_numpy(dtype=object),
+                    "variant": mine[variant_column].to_numpy(dtype=object)
+                    if variant_column
+                    else None,
+                }
+            )
+        )
+        of_kind = fresh.loc[fresh["kind"] == KINDS.index(kind)]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "group": of_kind["group"].to_numpy(),
+                    "kind": kind,
+                    "source": 1,
+                    "order": of_kind["first_seen_us"].to_numpy(),
+                    "value": of_kind["value"].to_numpy(dtype=object),
+                    "variant": of_kind["variant"].to_numpy(dtype=object),
+                }
+            )
+        )
+    candidates = pd.concat(parts, ignore_index=True)
+    candidates = candidates.loc[candidates["value"].notna()]
+    chosen = candidates.sort_values(
+        ["group", "kind", "source", "order", "value"], kind="stable"
+    ).drop_duplicates(["group", "kind"])
+    out = pd.DataFrame(index=groups, columns=list(CONTACT_COLUMNS), dtype=object)
+    for kind, (column, variant_column) in CONTACTS.items():
+        picked = chosen.loc[chosen["kind"] == kind].set_index("group")
+        out[column] = picked["value"].reindex(groups)
+        if variant_column:
+            variant = picked["variant"].where(picked["variant"].notna(), picked["value"])
+            out[variant_column] = variant.reindex(groups)
+    return out

@@ -44,6 +44,12 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 #: IP address and user agent count only together.
 IP_AND_USER_AGENT = "ip_user_agent"
+#: Every column a key is read from.
+PRESENCE_COLUMNS: tuple[str, ...] = (
+    *dict.fromkeys(c for columns in KEY_COLUMNS.values() for c in columns),
+    "client_ip",
+    "user_agent",
+)
 
 _WEAK = ("first_name", "last_name", "postal_code")
 
@@ -102,15 +108,20 @@ def match_quality_column(platform: str) -> str:
 
 def key_presence(frame: pd.DataFrame, allowed: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per key, whether each row has it (rows not `allowed` to carry identifiers have none)."""
+    notna = {c: frame[c].notna().to_numpy() for c in PRESENCE_COLUMNS if c in frame.columns}
+    return presence_from_notna(notna, len(frame), allowed)
+
+
+def presence_from_notna(
+    notna: Mapping[str, np.ndarray], size: int, allowed: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """`key_presence` from per-column not-null masks already computed."""
+    nothing = np.zeros(size, dtype=bool)
     present: dict[str, np.ndarray] = {}
     for key, columns in KEY_COLUMNS.items():
-        found = [frame[c].notna().to_numpy() for c in columns if c in frame.columns]
-        present[key] = np.logical_or.reduce(found) if found else np.zeros(len(frame), dtype=bool)
-    ip = frame["client_ip"].notna().to_numpy() if "client_ip" in frame else False
-    agent = frame["user_agent"].notna().to_numpy() if "user_agent" in frame else False
-    present[IP_AND_USER_AGENT] = np.asarray(ip & agent, dtype=bool) & np.ones(
-        len(frame), dtype=bool
-    )
+        found = [notna[c] for c in columns if c in notna]
+        present[key] = np.logical_or.reduce(found) if found else nothing
+    present[IP_AND_USER_AGENT] = notna.get("client_ip", nothing) & notna.get("user_agent", nothing)
     if allowed is not None:
         present = {k: v & allowed for k, v in present.items()}
     return present
