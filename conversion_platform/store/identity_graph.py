@@ -34,6 +34,11 @@ SQLITE_CACHE_KIB = 262_144
 #: Rows per `executemany` call (keeps the driver's batches and memory bounded).
 _WRITE_CHUNK = 50_000
 
+#: On conflict, a click id keeps the earliest time it was seen (PostgreSQL, SQLite).
+_EARLIEST = {
+    True: "first_seen_us = LEAST(identity_click_ids.first_seen_us, excluded.first_seen_us)",
+    False: "first_seen_us = MIN(identity_click_ids.first_seen_us, excluded.first_seen_us)",
+}
 COUNT_COLUMNS: dict[str, str] = {
     "mpid": "mpid_count",
     "email": "email_count",
@@ -198,11 +203,22 @@ def record_merges(conn: Connection, merges: pd.DataFrame, hour_us: int) -> None:
             [old for old, _ in pairs],
         )
     )
-    for table in ("identity_identifiers", "identity_click_ids"):
-        driver.write(
-            f"UPDATE {table} SET person_id = {driver.mark} WHERE person_id = {driver.mark}",
-            [(new, old) for old, new in pairs],
-        )
+    driver.write(
+        f"UPDATE identity_identifiers SET person_id = {driver.mark} WHERE person_id = {driver.mark}",
+        [(new, old) for old, new in pairs],
+    )
+    # Click ids move by copy (both persons may know the same click id), then go.
+    driver.write(
+        "INSERT INTO identity_click_ids (person_id, click_type, click_id, first_seen_us, "
+        f"first_hour_us) SELECT {driver.mark}, click_type, click_id, first_seen_us, first_hour_us "
+        f"FROM identity_click_ids WHERE person_id = {driver.mark} "
+        f"ON CONFLICT (person_id, click_type, click_id) DO UPDATE SET {_EARLIEST[driver.postgres]}",
+        [(new, old) for old, new in pairs],
+    )
+    driver.write(
+        f"DELETE FROM identity_click_ids WHERE person_id = {driver.mark}",
+        [(old,) for old, _ in pairs],
+    )
     driver.write(
         f"DELETE FROM identity_persons WHERE person_id = {driver.mark}",
         [(old,) for old, _ in pairs],
@@ -220,16 +236,13 @@ def record_merges(conn: Connection, merges: pd.DataFrame, hour_us: int) -> None:
 
 
 def upsert_click_ids(conn: Connection, frame: pd.DataFrame) -> None:
-    """Click ids seen with identifiers; a click id already known keeps its earliest sighting."""
+    """Click ids seen with persons; a click id already known keeps its earliest sighting."""
     if frame.empty:
         return
     driver = _Driver(conn)
-    earliest = "LEAST" if driver.postgres else "MIN"
     sql = (
         _insert_sql(driver, identity_click_ids, CLICK_COLUMNS)
-        + " ON CONFLICT (kind, value, click_type, click_id) DO UPDATE SET "
-        f"first_seen_us = {earliest}(identity_click_ids.first_seen_us, excluded.first_seen_us), "
-        "person_id = excluded.person_id"
+        + f" ON CONFLICT (person_id, click_type, click_id) DO UPDATE SET {_EARLIEST[driver.postgres]}"
     )
     driver.write(sql, sorted(_tuples(frame, CLICK_COLUMNS)))
 

@@ -145,7 +145,8 @@ delivery_events = sa.Table(
 # Identifiers are `mpid` (as received) and SHA-256 digests of email, phone and external id:
 # nothing here is plaintext personal data. Identifiers seen together in a consented event
 # belong to one person; a merge keeps the older person's id and is recorded. Click ids
-# are attributes of the identifier they were seen with, kept with the time first seen.
+# are attributes of the person, kept with the time first seen. Person ids start with the
+# hour they were created, so an hour's new persons sit together in every index.
 # On SQLite these tables are WITHOUT ROWID: rows live in the primary key's b-tree, one
 # tree less to write for each of the hundreds of thousands of rows an hour can add.
 
@@ -203,18 +204,16 @@ identity_merges = sa.Table(
     sqlite_with_rowid=False,
 )
 
-#: Click ids (and Meta's fbc cookie) seen with an identifier, with the time first seen.
+#: Click ids (and Meta's fbc cookie) a person was seen with, with the time first seen.
+#: Keyed by person first: enrichment reads a person's clicks as one range of the b-tree.
 identity_click_ids = sa.Table(
     "identity_click_ids",
     metadata,
-    sa.Column("kind", sa.Text, primary_key=True),
-    sa.Column("value", sa.Text, primary_key=True),
+    sa.Column("person_id", sa.Text, primary_key=True),
     sa.Column("click_type", sa.Text, primary_key=True),  # gclid | fbclid | fbc | ttclid | ...
     sa.Column("click_id", sa.Text, primary_key=True),
-    sa.Column("person_id", sa.Text, nullable=False),  # the identifier's person, kept current
     sa.Column("first_seen_us", sa.BigInteger, nullable=False),
     sa.Column("first_hour_us", sa.BigInteger, nullable=False),
-    sa.Index("ix_identity_click_ids_person_seen", "person_id", "first_seen_us"),
     sqlite_with_rowid=False,
 )
 

@@ -105,45 +105,35 @@ def _lookup_nodes(conn: Connection, nodes) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def _click_rows(
-    frame: pd.DataFrame,
+    values: dict[str, np.ndarray],
+    notna: dict[str, np.ndarray],
     rows: np.ndarray,
-    anchor: np.ndarray,
-    nodes,  # type: ignore[no-untyped-def]
-    node_person: np.ndarray,
+    row_person: np.ndarray,
     times_us: np.ndarray,
-    rules: IdentityRules,
     hour_us: int,
 ) -> pd.DataFrame:
-    """Click ids of the linked rows, each on the identifier its row's person came from."""
+    """The click ids of the linked rows, on each row's person, first sighting per click id."""
     parts = []
-    for click_type in rules.click_windows:
-        if click_type not in frame.columns:
-            continue
-        values = frame[click_type].to_numpy(dtype=object, na_value=None)[rows]
-        ok = pd.notna(values) & (anchor >= 0)
-        if not ok.any():
-            continue
-        node = anchor[ok]
-        person = node_person[node]
-        keep = pd.notna(person)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "kind": [KINDS[k] for k in nodes.kind[node[keep]]],
-                    "value": nodes.value[node[keep]],
-                    "click_type": click_type,
-                    "click_id": values[ok][keep],
-                    "person_id": person[keep],
-                    "first_seen_us": times_us[rows][ok][keep],
-                }
+    has_person = pd.notna(row_person)
+    for click_type, clicks in values.items():
+        at = rows[notna[click_type][rows] & has_person[rows]]
+        if len(at):
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "person_id": row_person[at],
+                        "click_type": click_type,
+                        "click_id": clicks[at],
+                        "first_seen_us": times_us[at],
+                    }
+                )
             )
-        )
     if not parts:
         return pd.DataFrame()
     clicks = pd.concat(parts, ignore_index=True)
-    clicks = clicks.groupby(["kind", "value", "click_type", "click_id"], as_index=False).agg(
-        person_id=("person_id", "first"), first_seen_us=("first_seen_us", "min")
-    )
+    clicks = clicks.groupby(["person_id", "click_type", "click_id"], as_index=False, sort=False)[
+        "first_seen_us"
+    ].min()
     clicks["first_hour_us"] = hour_us
     return clicks
 
@@ -166,16 +156,21 @@ def resolve_hour(
     notna = {c: frame[c].notna().to_numpy() for c in PRESENCE_COLUMNS if c in frame.columns}
     presence_before = presence_from_notna(notna, n, allowed)
 
+    # The hour's click ids and the columns enrichment fills, as object arrays: read once,
+    # written back once.
+    click_columns = [c for c in rules.click_windows if c in frame.columns]
+    fill_columns = [*ENRICHABLE_COLUMNS, *click_columns]
+    values = {c: frame[c].to_numpy(dtype=object, na_value=None) for c in fill_columns}
+    for column in ENRICHABLE_COLUMNS:
+        notna.setdefault(column, pd.notna(values[column]))
+
     # The graph: only rows allowed to carry personal data link anything.
     rows = np.flatnonzero(allowed)
-    linked = frame.iloc[rows]
-    nodes = collect_nodes(linked, times_us[rows])
+    link_columns = [*KIND_COLUMNS.values(), *VARIANT_COLUMNS.values()]
+    nodes = collect_nodes(frame[link_columns].iloc[rows], times_us[rows])
     stored, stored_person, stored_linkable = _lookup_nodes(conn, nodes)
-    click_columns = [c for c in rules.click_windows if c in frame.columns]
-    row_has_click = (
-        linked[click_columns].notna().any(axis=1).to_numpy()
-        if click_columns
-        else np.zeros(len(rows), dtype=bool)
+    row_has_click = np.logical_or.reduce(
+        [notna[c][rows] for c in click_columns] or [np.zeros(len(rows), dtype=bool)]
     )
     plan = plan_hour(
         nodes,
@@ -193,25 +188,21 @@ def resolve_hour(
     graph_store.update_persons(conn, plan.updated_persons)
     graph_store.insert_identifiers(conn, plan.new_identifiers)
     graph_store.mark_unlinkable(conn, plan.unlinkable)
-    clicks = _click_rows(
-        frame, rows, plan.anchor, nodes, plan.node_person, times_us, rules, hour_us
-    )
-    graph_store.upsert_click_ids(conn, clicks)
 
     row_person = np.full(n, None, dtype=object)
     has_anchor = plan.anchor >= 0
     row_person[rows[has_anchor]] = plan.node_person[plan.anchor[has_anchor]]
     frame["person_id"] = pd.Series(row_person, dtype="string")
+    clicks = _click_rows(
+        {c: values[c] for c in click_columns}, notna, rows, row_person, times_us, hour_us
+    )
+    graph_store.upsert_click_ids(conn, clicks)
 
     # Enrichment: consented conversions with a person.
     conversion = (frame["event_name"] != events.PAGE_VIEW).fillna(False).to_numpy()
     targets = np.flatnonzero(allowed & conversion & pd.notna(row_person))
     filled: dict[str, np.ndarray] = {}
     if len(targets):
-        # The columns enrichment fills, as object arrays written back once at the end.
-        columns = [*ENRICHABLE_COLUMNS, *(c for c in rules.click_windows if c in frame.columns)]
-        columns += ["fbc"] if "fbc" in frame.columns and "fbc" not in columns else []
-        values = {c: frame[c].to_numpy(dtype=object, na_value=None, copy=True) for c in columns}
         person_ids = sorted(set(row_person[targets]))
         persons = graph_store.read_persons(conn, person_ids)
         filled.update(enrich_contacts(values, targets, row_person, persons))

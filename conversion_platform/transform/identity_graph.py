@@ -149,9 +149,13 @@ def connected_components(size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             labels = jumped
 
 
-def new_person_id(kind: str, value: str) -> str:
-    """A stable id for a person first formed around this identifier."""
-    return "p_" + hashlib.sha256(f"{kind}\x1f{value}".encode()).hexdigest()[:24]
+def new_person_id(kind: str, value: str, hour_us: int) -> str:
+    """A stable id for a person first formed around this identifier in this hour.
+
+    The hour comes first so that an hour's new persons are neighbours in every index.
+    """
+    digest = hashlib.sha256(f"{kind}\x1f{value}".encode()).hexdigest()[:16]
+    return f"p_{hour_us // 3_600_000_000:07x}{digest}"
 
 
 class _CappedUnion:
@@ -433,7 +437,10 @@ def _assign(
         .set_index("group")
     )
     fresh_ids = pd.Series(
-        [new_person_id(KINDS[k], v) for k, v in zip(seeds["kind"], seeds["value"], strict=True)],
+        [
+            new_person_id(KINDS[k], v, hour_us)
+            for k, v in zip(seeds["kind"], seeds["value"], strict=True)
+        ],
         index=seeds.index,
         dtype=object,
     )
