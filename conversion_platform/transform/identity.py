@@ -62,6 +62,16 @@ class IdentityResult:
     per_hour: dict[datetime, dict[str, float | int]] = field(default_factory=dict)
 
 
+def _deduped_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The hour's rows in the deduplicated model, copied once (conformed only if needed)."""
+    dtypes = events.column_dtypes(DEDUPED_COLUMNS)
+    if list(frame.columns) == list(DEDUPED_COLUMNS) and all(
+        str(frame[c].dtype) == dtypes[c] for c in DEDUPED_COLUMNS
+    ):
+        return frame.reset_index(drop=True)
+    return events.conform(frame.reset_index(drop=True), DEDUPED_COLUMNS)
+
+
 def _times_us(frame: pd.DataFrame) -> np.ndarray:
     times = pd.to_datetime(frame["event_time"], utc=True)
     return (times.astype("int64") // 1_000).to_numpy(np.int64)
@@ -146,7 +156,7 @@ def resolve_hour(
     consent_required: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float | int]]:
     """Update the graph with one hour's rows, then enrich and score them (caller's transaction)."""
-    frame = events.conform(frame.reset_index(drop=True), DEDUPED_COLUMNS)
+    frame = _deduped_frame(frame)
     hour_us = to_micros(hour)
     graph_store.lock_graph(conn, hour_us)
     n = len(frame)
@@ -232,7 +242,10 @@ def resolve_hour(
     figures["junk_identifiers_removed"] = junk
     figures["events_without_consent"] = int((~allowed).sum())
     figures["conversions_enriched"] = int(frame["enriched_fields"].notna().sum())
-    return events.conform(frame, RESOLVED_COLUMNS), figures
+    # The identity columns were added in the model's order: no copy needed to conform.
+    if list(frame.columns) != list(RESOLVED_COLUMNS):
+        frame = events.conform(frame, RESOLVED_COLUMNS)
+    return frame, figures
 
 
 def hour_figures(
@@ -299,5 +312,7 @@ def resolve_hours(
             resolved, figures = resolve_hour(conn, group, hour, rules, consent_required)
         frames.append(resolved)
         per_hour[hour] = figures
+    if len(frames) == 1:
+        return IdentityResult(frames[0], per_hour)  # one hour: already in the model
     out = pd.concat(frames, ignore_index=True) if frames else events.empty_frame(RESOLVED_COLUMNS)
     return IdentityResult(events.conform(out, RESOLVED_COLUMNS), per_hour)
