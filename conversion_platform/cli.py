@@ -55,7 +55,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from conversion_platform.definitions import build_definitions
     from conversion_platform.demo_delivery import start_demo_emulator
     from conversion_platform.ingest.landing_writer import land_events
-    from conversion_platform.report import hourly_summary
+    from conversion_platform.report import hourly_summary, match_summary
     from conversion_platform.store.database import engine_for
     from conversion_platform.synthetic import (
         TrafficGenerator,
@@ -88,7 +88,8 @@ def run_demo(args: argparse.Namespace) -> int:
     )
 
     # The demo delivers live to the local ad-platform emulator, never to the real platforms.
-    demo_platforms = start_demo_emulator(settings.destinations_file)
+    # With --dry-run, every destination writes its request bodies to the outbox instead.
+    demo_platforms = None if args.dry_run else start_demo_emulator(settings.destinations_file)
     definitions = build_definitions(settings)
     job = definitions.resolve_job_def("hourly_conversions_job")
     instance = DagsterInstance.get()
@@ -112,7 +113,14 @@ def run_demo(args: argparse.Namespace) -> int:
     print(summary.to_string(index=False))
     totals = summary.drop(columns=["hour"]).sum()
     print("\nTotals: " + ", ".join(f"{k} {int(v):,}" for k, v in totals.items()))
-    print("\n" + demo_platforms.summary())
+    if demo_platforms is not None:
+        print("\n" + demo_platforms.summary())
+    else:
+        print(f"\nDry run: request bodies are in {settings.outbox_dir}")
+    configs = definitions.resources["platform"].destinations()  # type: ignore[union-attr]
+    _print_match_summary(
+        match_summary(settings.partitions_dir, keys, [(c.name, c.platform) for c in configs])
+    )
     print(
         f"\nDone in {time.monotonic() - started:.0f}s. State: {settings.home} (Dagster: {dagster_home})."
     )
@@ -131,6 +139,21 @@ def partition_hour(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an hour's partition key, like 2026-11-29-10:00 (UTC)"
         ) from exc
+
+
+def _print_match_summary(summary: dict) -> None:  # type: ignore[type-arg]
+    """The identity figures: conversions a platform can match, before and after enrichment."""
+    total = summary["conversions"] or 1
+    before, after = summary["with_strong_key_before"], summary["with_strong_key_after"]
+    print(
+        f"\nIdentity: {before:,} of {summary['conversions']:,} conversions ({before / total:.1%}) "
+        f"arrived with a strong key (email, phone or click id); {after:,} ({after / total:.1%}) "
+        f"after enrichment from the identity graph: {summary['uplift_pct']:+.1f}% matched conversions."
+    )
+    scores = ", ".join(
+        f"{name} {score:.2f}" for name, score in summary["mean_match_quality"].items()
+    )
+    print(f"Mean match quality (0-10) per destination: {scores}")
 
 
 def show_quarantine(args: argparse.Namespace) -> int:
@@ -174,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--conversions-per-hour", type=int, default=2_000)
     demo.add_argument("--people", type=int, default=15_000)
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write each destination's request bodies to the outbox instead of delivering "
+        "them to the local ad-platform emulator",
+    )
     demo.set_defaults(handler=run_demo)
 
     quarantine = commands.add_parser("quarantine", help="list the quarantined records of an hour")

@@ -50,6 +50,7 @@ from conversion_platform.destinations.http_client import TransportError, send_re
 from conversion_platform.destinations.outbox import OutboxWriter
 from conversion_platform.store import delivery_log as log
 from conversion_platform.store.timecodes import now_micros
+from conversion_platform.transform.match_quality import match_quality_column
 
 #: Identifier columns removed from events whose ad_user_data consent is denied.
 IDENTIFIER_COLUMNS: tuple[str, ...] = (
@@ -365,8 +366,12 @@ class HourDeliverer:
         run = EventRun(ids, encoded.json.filter(pa.array(keep)), groups, carry)
         names = chunk["event_name"].to_numpy(dtype=object)[keep]
         ctx.names.update(zip(ids, names, strict=True))
-        if "match_quality" in chunk.columns:
-            quality = chunk["match_quality"].to_numpy(dtype="float64", na_value=np.nan)[keep]
+        # This platform's own score where identity resolution computed one.
+        score_column = match_quality_column(destination.platform)
+        if score_column not in chunk.columns:
+            score_column = "match_quality"
+        if score_column in chunk.columns:
+            quality = chunk[score_column].to_numpy(dtype="float64", na_value=np.nan)[keep]
             ctx.quality.update((k, float(v)) for k, v in zip(ids, quality, strict=True) if v == v)
             report.match_quality_sum += float(np.nansum(quality))
         report.sent += len(ids)

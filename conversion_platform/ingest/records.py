@@ -21,6 +21,7 @@ from conversion_platform.transform.normalise import (
     hash_identity_columns,
     normalise_location_columns,
 )
+from conversion_platform.transform.page_urls import click_ids_from_url, scrub_url
 
 #: Prefix of event ids the platform derived itself (the sender gave none); dedupe treats
 #: them as absent and falls back to order ids and content fingerprints.
@@ -179,6 +180,11 @@ def coerce_record(
             out[column] = _text(record.get(column), column)
     if not out["event_id"]:
         out["event_id"] = generated_event_id(source, record)
+    # Click ids in the landing URL count as sent; then the URLs lose anything personal.
+    for column, click_id in click_ids_from_url(out["page_url"]).items():
+        out[column] = out[column] or click_id
+    out["page_url"] = scrub_url(out["page_url"])
+    out["referrer"] = scrub_url(out["referrer"])
     return out
 
 
