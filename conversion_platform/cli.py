@@ -137,6 +137,14 @@ def show_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_collector(args: argparse.Namespace) -> int:
+    """Serve the collection endpoint (configuration: seeds/collector.yaml and env vars)."""
+    from conversion_platform.collector.server import serve
+
+    serve(args.host, args.port, workers=args.workers, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conversion-platform", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine = commands.add_parser("quarantine", help="list the quarantined records of an hour")
     quarantine.add_argument("--hour", required=True, help="partition key, e.g. 2026-11-29-10:00")
     quarantine.set_defaults(handler=show_quarantine)
+
+    collector = commands.add_parser("collector", help="serve the collection endpoint")
+    collector.add_argument("--host", default="127.0.0.1")
+    collector.add_argument("--port", type=int, default=8787)
+    collector.add_argument("--workers", type=int, default=1, help="worker processes")
+    collector.add_argument("--log-level", default="info")
+    collector.set_defaults(handler=run_collector)
     return parser
 
 

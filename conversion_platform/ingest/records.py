@@ -18,8 +18,16 @@ import pandas as pd
 
 from conversion_platform import events
 from conversion_platform.transform.normalise import (
+    hash_email,
+    hash_external_id,
     hash_identity_columns,
+    hash_name,
+    hash_phone,
+    normalise_city,
+    normalise_country,
     normalise_location_columns,
+    normalise_postal_code,
+    normalise_region,
 )
 
 #: Prefix of event ids the platform derived itself (the sender gave none); dedupe treats
@@ -210,3 +218,66 @@ def records_to_frame(
         )
         return events.conform(frame, events.CANONICAL_COLUMNS), dropped
     return events.conform(frame, events.STORED_COLUMNS), dropped
+
+
+def _stored_text(value: Any) -> str | None:
+    """Text of a present value (as `records_to_frame` reads it), None for a missing one."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+#: Stored columns copied from a coerced record as they are (everything not derived below).
+_COPIED_COLUMNS: tuple[str, ...] = tuple(
+    c
+    for c in events.STORED_COLUMNS
+    if c not in events.HASHED_IDENTITY_COLUMNS
+    and c not in events.LOCATION_FIELDS
+    and c != "value_verified"
+)
+
+
+def record_to_stored_row(record: Mapping[str, Any], *, value_verified: bool) -> dict[str, Any]:
+    """One coerced record in the stored model, as a plain dict: the per-row twin of
+    `records_to_frame`.
+
+    Same normalisers, same hashing, same pass-through of pre-hashed values (a property test
+    holds the two equal); it exists because building a DataFrame costs milliseconds, which
+    is more than a whole small request is worth on the collector's hot path. Timestamps
+    stay aware datetimes.
+    """
+    row: dict[str, Any] = {column: record.get(column) for column in _COPIED_COLUMNS}
+    country_text = _stored_text(record.get("country"))
+    country = normalise_country(country_text) if country_text is not None else None
+    city = _stored_text(record.get("city"))
+    region = _stored_text(record.get("region"))
+    postal = _stored_text(record.get("postal_code"))
+    row["country"] = country
+    row["city"] = normalise_city(city) if city is not None else None
+    row["region"] = normalise_region(region) if region is not None else None
+    row["postal_code"] = normalise_postal_code(postal, country) if postal is not None else None
+
+    hashed: dict[str, Any] = {c: record.get(c) for c in events.HASHED_IDENTITY_COLUMNS}
+    email = _stored_text(record.get("email"))
+    if email is not None:
+        email_hash, google_hash, _ = hash_email(email)
+        hashed["email_sha256"] = email_hash or hashed["email_sha256"]
+        hashed["email_google_sha256"] = google_hash or hashed["email_google_sha256"]
+    phone = _stored_text(record.get("phone"))
+    if phone is not None:
+        phone_region = country.upper() if country and len(country) == 2 else None
+        phone_hash, digits_hash, _ = hash_phone(phone, phone_region)
+        hashed["phone_sha256"] = phone_hash or hashed["phone_sha256"]
+        hashed["phone_digits_sha256"] = digits_hash or hashed["phone_digits_sha256"]
+    for field, column in (("first_name", "first_name_sha256"), ("last_name", "last_name_sha256")):
+        name = _stored_text(record.get(field))
+        if name is not None:
+            hashed[column] = hash_name(name)[0] or hashed[column]
+    external_id = _stored_text(record.get("external_id"))
+    if external_id is not None:
+        hashed["external_id_sha256"] = (
+            hash_external_id(external_id)[0] or hashed["external_id_sha256"]
+        )
+    row.update(hashed)
+    row["value_verified"] = value_verified
+    return row

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -33,6 +35,60 @@ def insert_landing_events(conn: Connection, frame: pd.DataFrame, site: str | Non
     rows = landing_rows(frame, site)
     if rows:
         conn.execute(landing_events.insert(), rows)
+    return len(rows)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MICROSECOND = datetime.resolution
+
+#: Column order of `landing_row` tuples (every landing column but the generated id).
+LANDING_INSERT_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in landing_events.columns if c.name != "id"
+)
+_STORED_NAME_OF = {f"{name}_us": name for name in events.TIMESTAMP_COLUMNS}
+
+
+def _micros(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - _EPOCH) // _ONE_MICROSECOND
+
+
+def landing_row(stored: Mapping[str, Any], site: str | None = None) -> tuple[Any, ...]:
+    """A `landing_events` row (values in `LANDING_INSERT_COLUMNS` order) from one
+    stored-model record (`record_to_stored_row`); times become microseconds."""
+    return tuple(
+        site
+        if column == "site"
+        else _micros(stored.get(_STORED_NAME_OF[column]))
+        if column in _STORED_NAME_OF
+        else stored.get(column)
+        for column in LANDING_INSERT_COLUMNS
+    )
+
+
+def insert_landing_rows(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert `landing_row` tuples in the caller's transaction, in one statement.
+
+    The driver is called directly: SQLAlchemy's per-row parameter processing cost more than
+    the insert itself. PostgreSQL gets COPY (three times faster than executemany there),
+    SQLite one executemany.
+    """
+    if not rows:
+        return 0
+    names = ", ".join(LANDING_INSERT_COLUMNS)
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(f"COPY {landing_events.name} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        finally:
+            cursor.close()
+    else:
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        marks = ", ".join([mark] * len(LANDING_INSERT_COLUMNS))
+        conn.exec_driver_sql(
+            f"INSERT INTO {landing_events.name} ({names}) VALUES ({marks})", list(rows)
+        )
     return len(rows)
 
 

@@ -1,0 +1,204 @@
+"""Group commit: concurrent requests share one transaction; each is answered after it.
+
+Request handlers put their events on a queue and await a future. One writer task takes
+everything queued, has a worker thread check, hash and insert it all in one transaction
+(one executemany per table), and resolves each request's future only after the commit
+returned. While a group commits, the next one gathers, so the busier the collector, the
+larger the groups and the cheaper each event; an idle collector commits a lone request at
+once. Nothing is acknowledged before it is durable.
+
+If a group's transaction fails, its requests are retried one transaction each, so one
+request the database refuses can't fail the others; a request that still fails gets the
+error, and its events are not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from conversion_platform.ingest.landing_writer import (
+    EventCheck,
+    LandingResult,
+    PreparedLanding,
+    commit_prepared,
+    prepare_landing,
+)
+from conversion_platform.store.quarantine import QuarantinedRecord
+
+logger = logging.getLogger(__name__)
+
+
+class StorageUnavailable(RuntimeError):
+    """The database could not commit a request's events; nothing of it was acknowledged."""
+
+
+class Overloaded(RuntimeError):
+    """Too many events are waiting for a commit; the request should be retried later."""
+
+
+@dataclass
+class LandingRequest:
+    """One request's events (or only a quarantine entry for an unusable payload)."""
+
+    records: Sequence[Any]
+    source: str
+    received_at: datetime | Sequence[datetime]
+    origin: str
+    site: str | None = None
+    check: EventCheck | None = None
+    quarantined: Sequence[QuarantinedRecord] = ()
+    future: asyncio.Future[LandingResult] | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        return max(1, len(self.records))
+
+
+@dataclass
+class CommitStats:
+    """Counters for `/healthz` and the benchmark's report."""
+
+    groups: int = 0
+    requests: int = 0
+    events: int = 0
+    largest_group: int = 0
+    failed_groups: int = 0
+
+
+class GroupCommitter:
+    """The single writer of one collector process."""
+
+    def __init__(
+        self, engine: Engine, *, max_group_events: int = 20_000, max_queued: int = 100_000
+    ):
+        self.engine = engine
+        self.max_group_events = max_group_events
+        self.max_queued = max_queued
+        self.stats = CommitStats()
+        self._queue: asyncio.Queue[LandingRequest | None] | None = None
+        self._queued_events = 0
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop."""
+        if self._queue is not None and self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def land(self, request: LandingRequest) -> LandingResult:
+        """Queue `request` and wait until its events are committed (or refused)."""
+        if self._queue is None or self._task is None or self._task.done():
+            raise StorageUnavailable("the writer is not running")
+        if self._queued_events + request.size > self.max_queued:
+            raise Overloaded(f"{self._queued_events} events are waiting for a commit")
+        request.future = asyncio.get_running_loop().create_future()
+        self._queued_events += request.size
+        self._queue.put_nowait(request)
+        return await asyncio.shield(request.future)
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            group = [first]
+            size = first.size
+            while size < self.max_group_events and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                group.append(item)
+                size += item.size
+            self._queued_events -= size
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._commit_group, group)
+            except BaseException as exc:  # the writer must outlive any one group
+                logger.exception("group commit failed unexpectedly")
+                outcomes = [exc] * len(group)
+            for request, outcome in zip(group, outcomes, strict=True):
+                future = request.future
+                if future is None or future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+    # --- in the worker thread -----------------------------------------------------------
+
+    def _prepare(self, request: LandingRequest) -> PreparedLanding:
+        prepared = prepare_landing(
+            request.records,
+            request.source,
+            request.received_at,
+            origin=request.origin,
+            site=request.site,
+            check=request.check,
+        )
+        prepared.quarantined.extend(request.quarantined)
+        return prepared
+
+    def _commit(self, prepared: Sequence[PreparedLanding]) -> None:
+        with self.engine.begin() as conn:
+            commit_prepared(conn, prepared)
+
+    def _commit_group(self, group: Sequence[LandingRequest]) -> list[LandingResult | BaseException]:
+        outcomes: list[LandingResult | BaseException] = []
+        ready: list[tuple[int, PreparedLanding]] = []
+        for request in group:
+            try:
+                prepared = self._prepare(request)
+            except Exception as exc:  # a bug in checking one request must not fail others
+                logger.exception("preparing a request failed")
+                outcomes.append(exc)
+                continue
+            ready.append((len(outcomes), prepared))
+            outcomes.append(prepared.result)
+        if not ready:
+            return outcomes
+        try:
+            self._commit([p for _, p in ready])
+        except SQLAlchemyError as exc:
+            self.stats.failed_groups += 1
+            if len(ready) == 1:
+                outcomes[ready[0][0]] = _unavailable(exc)
+                return outcomes
+            logger.warning("a group of %d requests failed to commit; retrying each", len(ready))
+            for position, prepared in ready:
+                try:
+                    self._commit([prepared])
+                except SQLAlchemyError as single:
+                    outcomes[position] = _unavailable(single)
+        committed = [p for i, p in ready if not isinstance(outcomes[i], BaseException)]
+        self.stats.groups += 1
+        self.stats.requests += len(committed)
+        events = sum(p.result.accepted for p in committed)
+        self.stats.events += events
+        self.stats.largest_group = max(self.stats.largest_group, events)
+        return outcomes
+
+
+def _unavailable(exc: SQLAlchemyError) -> StorageUnavailable:
+    # The driver's message can hold values of the row; only the class goes to the client.
+    kind = type(exc.orig).__name__ if isinstance(exc, DBAPIError) else type(exc).__name__
+    logger.error("commit failed: %s", kind)
+    return StorageUnavailable(f"the database refused the commit ({kind})")
