@@ -483,6 +483,9 @@ class Collector:
                     "requests": stats.requests,
                     "events": stats.events,
                     "largest_group": stats.largest_group,
+                    "failed_groups": stats.failed_groups,
+                    "prepare_seconds": round(stats.prepare_seconds, 3),
+                    "write_seconds": round(stats.write_seconds, 3),
                 },
             },
         )
