@@ -90,6 +90,7 @@ class GroupCommitter:
         self.stats = CommitStats()
         self._queue: asyncio.Queue[LandingRequest | None] | None = None
         self._queued_events = 0
+        self._waiting = 0
         self._task: asyncio.Task[None] | None = None
         self._conn: Connection | None = None  # the writer thread's own connection
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
@@ -114,8 +115,22 @@ class GroupCommitter:
             raise Overloaded(f"{self._queued_events} events are waiting for a commit")
         request.future = asyncio.get_running_loop().create_future()
         self._queued_events += request.size
+        self._waiting += 1
         self._queue.put_nowait(request)
-        return await asyncio.shield(request.future)
+        try:
+            return await asyncio.shield(request.future)
+        finally:
+            self._waiting -= 1
+
+    @property
+    def queued_events(self) -> int:
+        """Events queued and not yet taken into a group."""
+        return self._queued_events
+
+    @property
+    def waiting_requests(self) -> int:
+        """Requests queued or being committed, not yet answered."""
+        return self._waiting
 
     async def _run(self) -> None:
         assert self._queue is not None

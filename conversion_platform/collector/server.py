@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import requests
 import uvicorn
 from sqlalchemy.engine import Engine
+from starlette.types import ASGIApp
 
 from conversion_platform.collector.app import create_app
 from conversion_platform.collector.config import CollectorConfig, load_collector_config
@@ -66,15 +67,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def running_collector(
-    config: CollectorConfig, engine: Engine, host: str = "127.0.0.1", port: int = 0
-) -> Iterator[str]:
-    """Run a collector in a background thread of this process; yield its base URL."""
+def serving_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve an ASGI app in a background thread of this process; yield its base URL."""
     sock = _bound_socket(host, port)
     bound_port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config, engine),
+            app,
             host=host,
             port=bound_port,
             log_level="warning",
@@ -89,13 +88,22 @@ def running_collector(
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the collector did not start on {host}:{bound_port}")
+                raise RuntimeError(f"the server did not start on {host}:{bound_port}")
             time.sleep(0.01)
         yield f"http://{host}:{bound_port}"
     finally:
         server.should_exit = True
         thread.join(STARTUP_TIMEOUT_SECONDS + GRACEFUL_SHUTDOWN_SECONDS)
         sock.close()
+
+
+@contextmanager
+def running_collector(
+    config: CollectorConfig, engine: Engine, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[str]:
+    """Run a collector in a background thread of this process; yield its base URL."""
+    with serving_in_thread(create_app(config, engine), host, port) as url:
+        yield url
 
 
 @dataclass
