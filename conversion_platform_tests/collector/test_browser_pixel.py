@@ -67,8 +67,13 @@ class DevTools:
 def browser(tmp_path: Path) -> Iterator[DevTools]:
     profile = tmp_path / "chromium-profile"
     process = subprocess.Popen(
-        [CHROMIUM, *CHROMIUM_FLAGS, "--remote-debugging-port=0", f"--user-data-dir={profile}",
-         "about:blank"],
+        [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -165,6 +170,7 @@ def test_pixel_js_in_chromium_lands_events_with_the_mpid_cookie(
     assert purchase["fbc"].startswith("fb.1.") and purchase["fbc"].endswith(".IwAR-browser-test")
     assert "Chrome" in purchase["user_agent"]
     assert purchase["client_ip"] == "127.0.0.1"
-    page_view_id = browser.call("Runtime.evaluate", expression="window.pageViewId",
-                                returnByValue=True)["result"]["value"]
+    page_view_id = browser.call(
+        "Runtime.evaluate", expression="window.pageViewId", returnByValue=True
+    )["result"]["value"]
     assert view["event_id"] == page_view_id
