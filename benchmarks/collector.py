@@ -284,7 +284,6 @@ def _commit_stats(url: str, workers: int) -> dict[str, Any] | None:
     return {
         **stats,
         "requests_per_group": round(stats["requests"] / groups, 1),
-        "prepare_ms_per_group": round(stats["prepare_seconds"] * 1000 / groups, 2),
         "write_ms_per_group": round(stats["write_seconds"] * 1000 / groups, 2),
     }
 

@@ -1,11 +1,17 @@
 """Group commit: concurrent requests share one transaction; each is answered after it.
 
-Request handlers put their events on a queue and await a future. One writer task takes
-everything queued, has a worker thread check, hash and insert it all in one transaction
-(one executemany per table), and resolves each request's future only after the commit
+Request handlers check and hash their events (`prepare_landing`, on the event loop, in
+slices), put the result on a queue and await a future. One writer task takes everything
+queued, has a worker thread insert it all in one transaction (one statement per table
+where the database allows), and resolves each request's future only after the commit
 returned. While a group commits, the next one gathers, so the busier the collector, the
 larger the groups and the cheaper each event; an idle collector commits a lone request at
 once. Nothing is acknowledged before it is durable.
+
+The worker thread runs almost no Python: it shares the interpreter's lock with the event
+loop, and each time the database driver gives the lock up (for a statement, for the sync
+to disk) it must win it back from a busy loop. Keeping the Python work on the loop keeps
+those hand-offs few.
 
 If a group's transaction fails, its requests are retried one transaction each, so one
 request the database refuses can't fail the others; a request that still fails gets the
@@ -21,20 +27,15 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from conversion_platform.ingest.landing_writer import (
-    EventCheck,
     LandingResult,
     PreparedLanding,
     commit_prepared,
-    prepare_landing,
 )
-from conversion_platform.store.quarantine import QuarantinedRecord
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +50,14 @@ class Overloaded(RuntimeError):
 
 @dataclass
 class LandingRequest:
-    """One request's events (or only a quarantine entry for an unusable payload)."""
+    """One request's prepared events (or only a quarantine entry for an unusable payload)."""
 
-    records: Sequence[Any]
-    source: str
-    received_at: datetime | Sequence[datetime]
-    origin: str
-    site: str | None = None
-    check: EventCheck | None = None
-    quarantined: Sequence[QuarantinedRecord] = ()
+    prepared: PreparedLanding
     future: asyncio.Future[LandingResult] | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
-        return max(1, len(self.records))
+        return max(1, len(self.prepared.rows) + len(self.prepared.quarantined))
 
 
 @dataclass
@@ -74,7 +69,6 @@ class CommitStats:
     events: int = 0
     largest_group: int = 0
     failed_groups: int = 0
-    prepare_seconds: float = 0.0  # checking and hashing, in the writer thread
     write_seconds: float = 0.0  # insert and commit (including the sync to disk)
 
 
@@ -166,18 +160,6 @@ class GroupCommitter:
 
     # --- in the worker thread -----------------------------------------------------------
 
-    def _prepare(self, request: LandingRequest) -> PreparedLanding:
-        prepared = prepare_landing(
-            request.records,
-            request.source,
-            request.received_at,
-            origin=request.origin,
-            site=request.site,
-            check=request.check,
-        )
-        prepared.quarantined.extend(request.quarantined)
-        return prepared
-
     def _commit(self, prepared: Sequence[PreparedLanding]) -> None:
         # One connection held for the writer's life: checking one out of the pool and
         # back in for each group cost more than a small group's insert.
@@ -197,40 +179,27 @@ class GroupCommitter:
             self._conn = None
 
     def _commit_group(self, group: Sequence[LandingRequest]) -> list[LandingResult | BaseException]:
-        outcomes: list[LandingResult | BaseException] = []
-        ready: list[tuple[int, PreparedLanding]] = []
+        outcomes: list[LandingResult | BaseException] = [r.prepared.result for r in group]
         started = time.perf_counter()
-        for request in group:
-            try:
-                prepared = self._prepare(request)
-            except Exception as exc:  # a bug in checking one request must not fail others
-                logger.exception("preparing a request failed")
-                outcomes.append(exc)
-                continue
-            ready.append((len(outcomes), prepared))
-            outcomes.append(prepared.result)
-        if not ready:
-            return outcomes
-        prepared_at = time.perf_counter()
-        self.stats.prepare_seconds += prepared_at - started
         try:
-            self._commit([p for _, p in ready])
+            self._commit([r.prepared for r in group])
         except SQLAlchemyError as exc:
             self.stats.failed_groups += 1
-            if len(ready) == 1:
-                outcomes[ready[0][0]] = _unavailable(exc)
-                return outcomes
-            logger.warning("a group of %d requests failed to commit; retrying each", len(ready))
-            for position, prepared in ready:
+            if len(group) == 1:
+                return [_unavailable(exc)]
+            logger.warning("a group of %d requests failed to commit; retrying each", len(group))
+            for position, request in enumerate(group):
                 try:
-                    self._commit([prepared])
+                    self._commit([request.prepared])
                 except SQLAlchemyError as single:
                     outcomes[position] = _unavailable(single)
-        self.stats.write_seconds += time.perf_counter() - prepared_at
-        committed = [p for i, p in ready if not isinstance(outcomes[i], BaseException)]
+        self.stats.write_seconds += time.perf_counter() - started
+        committed = [
+            r for r, o in zip(group, outcomes, strict=True) if not isinstance(o, BaseException)
+        ]
         self.stats.groups += 1
         self.stats.requests += len(committed)
-        events = sum(p.result.accepted for p in committed)
+        events = sum(r.prepared.result.accepted for r in committed)
         self.stats.events += events
         self.stats.largest_group = max(self.stats.largest_group, events)
         return outcomes

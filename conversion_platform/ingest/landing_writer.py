@@ -112,20 +112,23 @@ def prepare_landing(
     origin: str = "collector",
     site: str | None = None,
     check: EventCheck | None = None,
+    first_index: int = 0,
 ) -> PreparedLanding:
     """Check and hash `records` (no database): landing rows and quarantine entries.
 
     `received_at` is one moment for the whole request or one per record. Money fields
     that arrive only from the pixel are marked unverified. `check`, when given, refuses
     events before coercion (the collector's stricter rules for what it accepts).
+    `first_index` numbers the records when they are a slice of a larger request.
     """
     result = LandingResult()
     rows: list[tuple[Any, ...]] = []
     quarantined: list[QuarantinedRecord] = []
     value_verified = source != events.SOURCE_PIXEL
     per_record = not isinstance(received_at, datetime)
-    for index, record in enumerate(records):
-        moment: datetime = received_at[index] if per_record else received_at  # type: ignore[index,assignment]
+    for position, record in enumerate(records):
+        moment: datetime = received_at[position] if per_record else received_at  # type: ignore[index,assignment]
+        index = first_index + position
         errors: list[str] = []
         if not isinstance(record, Mapping):
             errors.append("event must be a JSON object")
@@ -155,6 +158,19 @@ def prepare_landing(
         rows.append(landing_row(record_to_stored_row(coerced, value_verified=value_verified), site))
     result.accepted = len(rows)
     return PreparedLanding(result=result, rows=rows, quarantined=quarantined)
+
+
+def merge_prepared(parts: Sequence[PreparedLanding]) -> PreparedLanding:
+    """One request's prepared slices (made with consecutive `first_index`) as one."""
+    result = LandingResult()
+    merged = PreparedLanding(result=result, rows=[], quarantined=[])
+    for part in parts:
+        result.accepted += part.result.accepted
+        result.rejected.extend(part.result.rejected)
+        result.errors.update(part.result.errors)
+        merged.rows.extend(part.rows)
+        merged.quarantined.extend(part.quarantined)
+    return merged
 
 
 def commit_prepared(conn: Connection, prepared: Sequence[PreparedLanding]) -> int:

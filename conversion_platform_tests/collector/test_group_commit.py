@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import orjson
@@ -23,7 +24,7 @@ from conversion_platform.collector.group_commit import (
     LandingRequest,
     StorageUnavailable,
 )
-from conversion_platform.ingest.landing_writer import quarantined_payload
+from conversion_platform.ingest.landing_writer import prepare_landing, quarantined_payload
 from conversion_platform.settings import Settings
 from conversion_platform_tests.collector.conftest import (
     BACKEND_KEY,
@@ -161,19 +162,13 @@ def test_one_request_the_database_refuses_does_not_fail_its_group(settings: Sett
     now = datetime.now(UTC)
 
     def request(prefix: str) -> LandingRequest:
-        return LandingRequest(
-            records=[
-                {"event_id": f"{prefix}-1", "event_name": "lead", "event_time": now.isoformat()}
-            ],
-            source="server",
-            received_at=now,
-            origin=f"test:{prefix}",
-        )
+        record = {"event_id": f"{prefix}-1", "event_name": "lead", "event_time": now.isoformat()}
+        return LandingRequest(prepare_landing([record], "server", now, origin=f"test:{prefix}"))
 
     poisoned = request("poisoned")
     bad_entry = quarantined_payload({}, "server", now, "test", "x")
     # A quarantine entry without a reason breaks a NOT NULL constraint at insert time.
-    poisoned.quarantined = (bad_entry.__class__(**{**bad_entry.__dict__, "reason": None}),)
+    poisoned.prepared.quarantined.append(replace(bad_entry, reason=None))  # type: ignore[arg-type]
 
     async def scenario() -> list[object]:
         committer = GroupCommitter(engine)
