@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from starlette.applications import Starlette
 
-from conversion_platform.collector.app import create_app
+from conversion_platform.collector.app import CollectorApp, create_app
 from conversion_platform.collector.config import CollectorConfig, WriteKeySource
 from conversion_platform.collector.database import collector_engine
 from conversion_platform.collector.server import serving_in_thread
@@ -48,7 +47,7 @@ def make_config(**changes: Any) -> CollectorConfig:
 class RunningCollector:
     url: str
     engine: Engine
-    app: Starlette
+    app: CollectorApp
 
     def landing(self) -> list[dict[str, Any]]:
         return landing_rows(self.engine)
