@@ -384,6 +384,10 @@ class Collector:
     async def pixel_gif(self, request: Request) -> Response:
         if request.method == "OPTIONS":
             return await self.preflight(request)
+        if request.method == "HEAD":  # a link checker or prefetcher, not a page's hit
+            return Response(
+                PIXEL_GIF, media_type="image/gif", headers={"Cache-Control": "no-store"}
+            )
         return await self._pixel(request, from_query=True)
 
     async def _pixel(self, request: Request, *, from_query: bool) -> Response:

@@ -13,11 +13,10 @@ buffer or a migration from another collector.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
-import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,13 +45,6 @@ class ReplayTotals:
     rejected: int = 0
     failed: int = 0
     retries: int = 0
-
-    def add(self, other: ReplayTotals) -> None:
-        self.requests += other.requests
-        self.accepted += other.accepted
-        self.rejected += other.rejected
-        self.failed += other.failed
-        self.retries += other.retries
 
 
 class CollectorClient:
@@ -182,43 +174,91 @@ def pixel_hit(
     return body, headers
 
 
+def _http_request(host: str, path: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} holds a line break")
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
+
+
+async def _read_status(reader: asyncio.StreamReader) -> int:
+    """Read one response (Content-Length framed, as the collector answers); its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def _send_hits(
+    host: str, port: int, hits: list[bytes], next_hit: Iterator[int], totals: ReplayTotals
+) -> None:
+    """One keep-alive connection sending hits until there are none left."""
+    connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    try:
+        for position in next_hit:
+            retries = 0
+            while True:
+                status = 0
+                try:
+                    if connection is None:
+                        connection = await asyncio.open_connection(host, port)
+                    reader, writer = connection
+                    writer.write(hits[position])
+                    status = await _read_status(reader)
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    if connection is not None:
+                        connection[1].close()
+                    connection = None
+                if status and status not in RETRYABLE_STATUSES:
+                    break
+                if retries + 1 >= MAX_ATTEMPTS:
+                    break
+                retries += 1
+                await asyncio.sleep(min(2.0, 0.05 * 2**retries))
+            totals.requests += 1
+            totals.retries += retries
+            if status == 200:
+                totals.accepted += 1
+            elif status == 400:
+                totals.rejected += 1
+            else:
+                totals.failed += 1
+    finally:
+        if connection is not None:
+            connection[1].close()
+
+
 def send_pixel_hits(
     base_url: str,
     write_key: str,
     records: Iterable[Mapping[str, Any]],
     *,
     site_origin: str,
-    threads: int = 4,
+    connections: int = 16,
 ) -> ReplayTotals:
-    """Send recorded hits one per request, from a few threads (each with a keep-alive
-    connection): browsers send them one by one too."""
-    local = threading.local()
-    clients: list[CollectorClient] = []
-    lock = threading.Lock()
-
-    def send(record: Mapping[str, Any]) -> ReplayTotals:
-        client = getattr(local, "client", None)
-        if client is None:
-            client = local.client = CollectorClient(base_url)
-            with lock:
-                clients.append(client)
-        body, headers = pixel_hit(record, write_key, site_origin)
-        status, _answer, retries = _send(client, "/v1/pixel", body, headers)
-        one = ReplayTotals(requests=1, retries=retries)
-        if status == 200:
-            one.accepted = 1
-        elif status == 400:
-            one.rejected = 1
-        else:
-            one.failed = 1
-        return one
-
+    """Send recorded hits one per request, as browsers do, over a few keep-alive
+    connections at once (asyncio: the sender should cost the machine little)."""
+    parts = urlsplit(base_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    hits = [
+        _http_request(f"{host}:{port}", "/v1/pixel", *pixel_hit(r, write_key, site_origin))
+        for r in records
+    ]
     totals = ReplayTotals()
-    try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pixel-replay") as pool:
-            for outcome in pool.map(send, records, chunksize=64):
-                totals.add(outcome)
-    finally:
-        for client in clients:
-            client.close()
+    positions = iter(range(len(hits)))
+
+    async def run() -> None:
+        await asyncio.gather(
+            *(_send_hits(host, port, hits, positions, totals) for _ in range(connections))
+        )
+
+    asyncio.run(run())
     return totals

@@ -227,6 +227,15 @@ def test_the_gif_endpoint_lands_a_hit_from_the_query_string(collector: RunningCo
     assert row["mpid"] == set_cookie(response)["_mpid"].value
 
 
+def test_a_head_request_for_the_gif_stores_nothing(collector: RunningCollector):
+    response = requests.head(
+        f"{collector.url}/v1/pixel.gif", params={"event_name": "lead"}, timeout=10
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/gif"
+    assert collector.landing() == []
+
+
 def test_the_page_url_falls_back_to_the_referer(collector: RunningCollector):
     requests.get(
         f"{collector.url}/v1/pixel.gif",

@@ -8,7 +8,11 @@
 (function (w, d) {
   "use strict";
   var script = d.currentScript;
-  var endpoint = script && script.src ? new URL(script.src, d.baseURI).origin : w.location.origin;
+  // The collector's base URL is where this script came from (a subdomain such as
+  // https://collect.shop.example, or a path on the site behind its proxy, /collect).
+  var endpoint = script && script.src
+    ? new URL(script.src, d.baseURI).href.replace(/\/pixel\.js([?#].*)?$/, "")
+    : w.location.origin;
   var site = script ? script.getAttribute("data-site") : null;
   var FIELDS = [
     "event_time", "action_source", "value", "currency", "order_id", "items",
