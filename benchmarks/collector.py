@@ -351,6 +351,7 @@ def measure(
             "CONVERSION_PLATFORM_COLLECTOR_TRUSTED_PROXIES": "127.0.0.1/32",
             "CONVERSION_PLATFORM_COLLECTOR_ALLOWED_ORIGINS": "https://shop.example",
         }
+        load_average = os.getloadavg()[0]
         with collector_process(env, workers=workers) as collector:
             server_cpu = _process_tree_cpu(collector.process.pid)
             client_cpu = time.process_time()
@@ -369,6 +370,7 @@ def measure(
             commits = _commit_stats(collector.url, workers)
         stored = _landing_count(env["CONVERSION_PLATFORM_DB_URL"])
     summary = _summary(load)
+    summary.update({"load_average_1m_after": round(os.getloadavg()[0], 2)})
     summary.update(
         {
             "database": database,
@@ -379,6 +381,13 @@ def measure(
             # CPU seconds per second of load (2.0 = both cores busy), warm-up included.
             "server_cpu_cores": round(server_cpu / (load.seconds + 1.0), 2),
             "client_cpu_cores": round(client_cpu / (load.seconds + 1.0), 2),
+            # Server CPU per acknowledged event: the cost that contention on a shared
+            # machine changes least.
+            "server_cpu_us_per_event": round(
+                server_cpu / (load.seconds + 1.0) / max(1e-9, summary["events_per_second"]) * 1e6,
+                1,
+            ),
+            "load_average_1m": round(load_average, 2),
             "group_commits": commits,
             "events_in_landing_table": stored,
             # Warm-up requests are stored but not counted as acknowledged: stored >= counted.
@@ -464,8 +473,9 @@ def _line(summary: dict[str, Any]) -> str:
         f"{summary['database']:<10} {summary['scenario']:<11} workers={summary['workers']} "
         f"conns={summary['connections']:<3} {summary['events_per_second']:>9,.0f} events/s "
         f"{summary['requests_per_second']:>8,.0f} req/s  p50 {latency['p50']:6.2f} ms  "
-        f"p99 {latency['p99']:6.2f} ms  cpu server {summary['server_cpu_cores']:.2f} "
-        f"client {summary['client_cpu_cores']:.2f}  statuses {summary['statuses']}  "
+        f"p99 {latency['p99']:6.2f} ms  cpu: server {summary['server_cpu_cores']:.2f} "
+        f"({summary['server_cpu_us_per_event']:.0f} us/event) client {summary['client_cpu_cores']:.2f}  "
+        f"load {summary['load_average_1m']:.1f}  statuses {summary['statuses']}  "
         f"stored_ok={summary['every_acknowledged_event_stored']}"
     )
 

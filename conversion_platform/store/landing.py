@@ -53,17 +53,23 @@ def _micros(moment: datetime | None) -> int | None:
     return None if moment is None else (moment - _EPOCH) // _ONE_MICROSECOND
 
 
+#: Per landing column: the stored-model name it comes from, and whether it is a time.
+_ROW_SOURCES: tuple[tuple[str, bool], ...] = tuple(
+    (_STORED_NAME_OF.get(column, column), column in _STORED_NAME_OF)
+    for column in LANDING_INSERT_COLUMNS
+)
+
+
 def landing_row(stored: Mapping[str, Any], site: str | None = None) -> tuple[Any, ...]:
     """A `landing_events` row (values in `LANDING_INSERT_COLUMNS` order) from one
     stored-model record (`record_to_stored_row`); times become microseconds."""
-    return tuple(
-        site
-        if column == "site"
-        else _micros(stored.get(_STORED_NAME_OF[column]))
-        if column in _STORED_NAME_OF
-        else stored.get(column)
-        for column in LANDING_INSERT_COLUMNS
-    )
+    get = stored.get
+    values = [_micros(get(name)) if is_time else get(name) for name, is_time in _ROW_SOURCES]
+    values[_SITE_POSITION] = site
+    return tuple(values)
+
+
+_SITE_POSITION = LANDING_INSERT_COLUMNS.index("site")
 
 
 #: SQLite binds at most 32,766 parameters a statement since 3.32, 999 before.
