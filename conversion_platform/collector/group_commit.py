@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from conversion_platform.ingest.landing_writer import (
     LandingResult,
@@ -146,9 +146,10 @@ class GroupCommitter:
             self._queued_events -= size
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._commit_group, group)
-            except BaseException as exc:  # the writer must outlive any one group
+            except Exception as exc:  # the writer must outlive any one group
                 logger.exception("group commit failed unexpectedly")
-                outcomes = [exc] * len(group)
+                failure = StorageUnavailable(f"unexpected error ({type(exc).__name__})")
+                outcomes = [failure] * len(group)
             for request, outcome in zip(group, outcomes, strict=True):
                 future = request.future
                 if future is None or future.done():
@@ -168,7 +169,7 @@ class GroupCommitter:
         try:
             with self._conn.begin():
                 commit_prepared(self._conn, prepared)
-        except SQLAlchemyError:
+        except Exception:
             self._discard_connection()  # the next commit starts on a fresh connection
             raise
 
@@ -181,9 +182,11 @@ class GroupCommitter:
     def _commit_group(self, group: Sequence[LandingRequest]) -> list[LandingResult | BaseException]:
         outcomes: list[LandingResult | BaseException] = [r.prepared.result for r in group]
         started = time.perf_counter()
+        # Any exception here comes from the database or its driver (COPY goes to psycopg
+        # directly, so its errors aren't SQLAlchemy's).
         try:
             self._commit([r.prepared for r in group])
-        except SQLAlchemyError as exc:
+        except Exception as exc:
             self.stats.failed_groups += 1
             if len(group) == 1:
                 return [_unavailable(exc)]
@@ -191,7 +194,7 @@ class GroupCommitter:
             for position, request in enumerate(group):
                 try:
                     self._commit([request.prepared])
-                except SQLAlchemyError as single:
+                except Exception as single:
                     outcomes[position] = _unavailable(single)
         self.stats.write_seconds += time.perf_counter() - started
         committed = [
@@ -205,8 +208,8 @@ class GroupCommitter:
         return outcomes
 
 
-def _unavailable(exc: SQLAlchemyError) -> StorageUnavailable:
+def _unavailable(exc: Exception) -> StorageUnavailable:
     # The driver's message can hold values of the row; only the class goes to the client.
-    kind = type(exc.orig).__name__ if isinstance(exc, DBAPIError) else type(exc).__name__
+    kind = type(exc).__name__
     logger.error("commit failed: %s", kind)
     return StorageUnavailable(f"the database refused the commit ({kind})")

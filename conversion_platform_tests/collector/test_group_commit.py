@@ -157,15 +157,19 @@ def test_when_the_database_refuses_the_commit_the_answer_is_503(collector: Runni
     assert sorted(r["event_id"] for r in collector.landing()) == ["kept-0", "kept-1", "kept-2"]
 
 
-def test_one_request_the_database_refuses_does_not_fail_its_group(settings: Settings):
-    engine = collector_engine(settings.db_url, make_config())
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_one_request_the_database_refuses_does_not_fail_its_group(
+    settings: Settings, database: str, request: pytest.FixtureRequest
+):
+    db_url = request.getfixturevalue("pg_url") if database == "postgresql" else settings.db_url
+    engine = collector_engine(db_url, make_config())
     now = datetime.now(UTC)
 
-    def request(prefix: str) -> LandingRequest:
+    def landing(prefix: str) -> LandingRequest:
         record = {"event_id": f"{prefix}-1", "event_name": "lead", "event_time": now.isoformat()}
         return LandingRequest(prepare_landing([record], "server", now, origin=f"test:{prefix}"))
 
-    poisoned = request("poisoned")
+    poisoned = landing("poisoned")
     bad_entry = quarantined_payload({}, "server", now, "test", "x")
     # A quarantine entry without a reason breaks a NOT NULL constraint at insert time.
     poisoned.prepared.quarantined.append(replace(bad_entry, reason=None))  # type: ignore[arg-type]
@@ -176,9 +180,9 @@ def test_one_request_the_database_refuses_does_not_fail_its_group(settings: Sett
         try:
             # Queued before the writer runs: one group.
             return await asyncio.gather(
-                committer.land(request("first")),
+                committer.land(landing("first")),
                 committer.land(poisoned),
-                committer.land(request("third")),
+                committer.land(landing("third")),
                 return_exceptions=True,
             )
         finally:
