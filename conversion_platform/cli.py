@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,6 +85,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from conversion_platform.definitions import build_definitions
+    from conversion_platform.demo_delivery import start_demo_emulator
     from conversion_platform.report import hourly_summary
     from conversion_platform.store.database import engine_for
     from conversion_platform.synthetic import (
@@ -120,6 +122,8 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
     write_server_logs(traffic, settings.logs_dir, hours[0])
 
+    # The demo delivers live to the local ad-platform emulator, never to the real platforms.
+    demo_platforms = start_demo_emulator(settings.destinations_file)
     definitions = build_definitions(settings)
     job = definitions.resolve_job_def("hourly_conversions_job")
     instance = DagsterInstance.get()
@@ -143,6 +147,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(summary.to_string(index=False))
     totals = summary.drop(columns=["hour"]).sum()
     print("\nTotals: " + ", ".join(f"{k} {int(v):,}" for k, v in totals.items()))
+    print("\n" + demo_platforms.summary())
     print(
         f"\nDone in {time.monotonic() - started:.0f}s. State: {settings.home} (Dagster: {dagster_home})."
     )
@@ -153,22 +158,45 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def partition_hour(text: str) -> datetime:
+    """An hour's partition key (`2026-11-29-10:00`, UTC) as the hour's start."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an hour's partition key, like 2026-11-29-10:00 (UTC)"
+        ) from exc
+
+
 def show_quarantine(args: argparse.Namespace) -> int:
-    """Print the quarantined records of one hour."""
+    """Print the quarantined records of one hour, then their counts by reason."""
     from conversion_platform.store.database import engine_for
-    from conversion_platform.store.quarantine import read_quarantined
+    from conversion_platform.store.quarantine import read_quarantined, reason_counts
 
     settings = Settings.from_env()
-    hour = datetime.strptime(args.hour, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+    hour: datetime = args.hour
+    key = hour.strftime("%Y-%m-%d-%H:%M")
     frame = read_quarantined(engine_for(settings.db_url), hour, hour + timedelta(hours=1))
+    if args.stage:
+        frame = frame.loc[frame["stage"] == args.stage].reset_index(drop=True)
     if frame.empty:
-        print(f"nothing quarantined in hour {args.hour}")
+        print(f"nothing quarantined in hour {key}")
         return 0
-    columns = ["stage", "source", "origin", "reason", "raw_redacted"]
-    with_width = frame[columns].copy()
-    with_width["raw_redacted"] = with_width["raw_redacted"].str.slice(0, 80)
-    print(with_width.to_string(index=False))
-    print(f"\n{len(frame)} records")
+    columns = ["stage", "source", "event_id", "origin", "reason", "raw_redacted"]
+    shown = frame[columns].copy()
+    for column, width in (("event_id", 40), ("origin", 60), ("raw_redacted", 80)):
+        shown[column] = shown[column].str.slice(0, width)
+    print(shown.fillna("").to_string(index=False))
+    print(f"\n{len(frame)} records in hour {key}; by reason:")
+    print(reason_counts(frame).to_string(index=False))
+    return 0
+
+
+def run_emulator(args: argparse.Namespace) -> int:
+    """Serve the local ad-platform emulator (for tests, the demo and trying things out)."""
+    from conversion_platform.emulator.server import serve
+
+    serve(args.host, args.port)
     return 0
 
 
@@ -192,8 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=run_demo)
 
     quarantine = commands.add_parser("quarantine", help="list the quarantined records of an hour")
-    quarantine.add_argument("--hour", required=True, help="partition key, e.g. 2026-11-29-10:00")
+    quarantine.add_argument(
+        "--hour", required=True, type=partition_hour, help="partition key, e.g. 2026-11-29-10:00"
+    )
+    quarantine.add_argument(
+        "--stage", choices=("parse", "collector", "validation"), help="only records of this stage"
+    )
     quarantine.set_defaults(handler=show_quarantine)
+
+    emulator = commands.add_parser("emulator", help="serve the local ad-platform API emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8799)
+    emulator.set_defaults(handler=run_emulator)
 
     collector = commands.add_parser("collector", help="serve the collection endpoint")
     collector.add_argument("--host", default="127.0.0.1")
@@ -205,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dagster marks some APIs we rely on (single-run backfills, pandera types) as beta;
+    # the command's output is for people, so those notices stay out of it.
+    warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
     args = build_parser().parse_args(argv)
     return int(args.handler(args) or 0)
 

@@ -259,7 +259,9 @@ class Collector:
     ) -> None:
         """Keep an unusable payload (redacted) with its reason before refusing it."""
         entry = quarantined_payload(body, source, received_at, origin, reason)
-        await self.land(PreparedLanding(result=LandingResult(), rows=[], quarantined=[entry]))
+        await self.land(
+            PreparedLanding(result=LandingResult(), rows=[], quarantined=[entry], source=source)
+        )
 
     def imported_received_at(self, value: Any, now: datetime) -> datetime:
         """An import source's `received_at`, checked against the collector's clock."""

@@ -12,6 +12,7 @@ with one executemany per table. `land_events` does both for one request.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from conversion_platform import events
 from conversion_platform.ingest.records import RecordError, coerce_record, record_to_stored_row
+from conversion_platform.store.identity_drops import add_dropped_identifiers
 from conversion_platform.store.landing import insert_landing_rows, landing_row
 from conversion_platform.store.quarantine import (
     STAGE_COLLECTOR,
@@ -54,6 +56,9 @@ class PreparedLanding:
     result: LandingResult
     rows: list[tuple[Any, ...]]  # landing_row tuples
     quarantined: list[QuarantinedRecord]
+    source: str = events.SOURCE_SERVER
+    #: Identity values dropped (unusable, never stored), counted per hour received.
+    dropped: dict[datetime, Counter[str]] = field(default_factory=dict)
 
 
 def _hour(moment: datetime) -> datetime:
@@ -124,6 +129,7 @@ def prepare_landing(
     result = LandingResult()
     rows: list[tuple[Any, ...]] = []
     quarantined: list[QuarantinedRecord] = []
+    dropped: dict[datetime, Counter[str]] = {}
     value_verified = source != events.SOURCE_PIXEL
     per_record = not isinstance(received_at, datetime)
     for position, record in enumerate(records):
@@ -155,30 +161,52 @@ def prepare_landing(
                 quarantined_payload(record, source, moment, f"{origin}#{index}", reason)
             )
             continue
-        rows.append(landing_row(record_to_stored_row(coerced, value_verified=value_verified), site))
+        hour = _hour(moment)
+        counts = dropped.get(hour)
+        if counts is None:
+            counts = dropped[hour] = Counter()
+        stored = record_to_stored_row(coerced, value_verified=value_verified, dropped=counts)
+        rows.append(landing_row(stored, site))
     result.accepted = len(rows)
-    return PreparedLanding(result=result, rows=rows, quarantined=quarantined)
+    return PreparedLanding(
+        result=result,
+        rows=rows,
+        quarantined=quarantined,
+        source=source,
+        dropped={hour: counts for hour, counts in dropped.items() if counts},
+    )
 
 
 def merge_prepared(parts: Sequence[PreparedLanding]) -> PreparedLanding:
     """One request's prepared slices (made with consecutive `first_index`) as one."""
     result = LandingResult()
-    merged = PreparedLanding(result=result, rows=[], quarantined=[])
+    merged = PreparedLanding(
+        result=result, rows=[], quarantined=[], source=parts[0].source if parts else "server"
+    )
     for part in parts:
         result.accepted += part.result.accepted
         result.rejected.extend(part.result.rejected)
         result.errors.update(part.result.errors)
         merged.rows.extend(part.rows)
         merged.quarantined.extend(part.quarantined)
+        for hour, counts in part.dropped.items():
+            merged.dropped.setdefault(hour, Counter()).update(counts)
     return merged
 
 
 def commit_prepared(conn: Connection, prepared: Sequence[PreparedLanding]) -> int:
-    """Write prepared requests in the caller's transaction: one executemany per table."""
+    """Write prepared requests in the caller's transaction: one statement per table (and
+    per source for the dropped-identifier counts)."""
     rows = [row for p in prepared for row in p.rows]
     quarantined = [q for p in prepared for q in p.quarantined]
     insert_landing_rows(conn, rows)
     insert_quarantined(conn, quarantined)
+    dropped: dict[str, dict[datetime, Counter[str]]] = {}
+    for p in prepared:
+        for hour, counts in p.dropped.items():
+            dropped.setdefault(p.source, {}).setdefault(hour, Counter()).update(counts)
+    for source, per_hour in dropped.items():
+        add_dropped_identifiers(conn, per_hour, source)
     return len(rows)
 
 

@@ -27,6 +27,8 @@ class LogIngestResult:
     files_read: list[str]
     per_hour: dict[datetime, dict[str, int]] = field(default_factory=dict)
     dropped_identifiers: Counter[str] = field(default_factory=Counter)
+    #: identity values dropped (unusable), per hour and reason
+    dropped_by_hour: dict[datetime, Counter[str]] = field(default_factory=dict)
 
 
 def ingest_server_logs(
@@ -34,12 +36,13 @@ def ingest_server_logs(
 ) -> LogIngestResult:
     """Parse, check and hash the log lines of `hours`; failed lines become quarantine records."""
     buckets, files_read = read_logs_for_hours(engine, logs_dir, rules, hours)
-    coerced: list[dict] = []
-    hour_of: list[datetime] = []
+    frames: list[pd.DataFrame] = []
+    dropped_by_hour: dict[datetime, Counter[str]] = {}
     quarantined: list[QuarantinedRecord] = []
     per_hour: dict[datetime, dict[str, int]] = {}
     for hour in hours:
         bucket = buckets[hour]
+        coerced: list[dict] = []
         figures = {"lines_parsed": 0, "lines_quarantined": 0, "lines_ignored": bucket.ignored}
         for line in bucket.failed:
             quarantined.append(
@@ -75,8 +78,11 @@ def ingest_server_logs(
                 )
                 figures["lines_quarantined"] += 1
                 continue
-            hour_of.append(hour)
             figures["lines_parsed"] += 1
         per_hour[hour] = figures
-    frame, dropped = records_to_frame(coerced, hour_of=hour_of)
-    return LogIngestResult(frame, quarantined, files_read, per_hour, dropped)
+        # Per hour, so dropped identity values are counted in the hour they arrived.
+        frame, dropped_by_hour[hour] = records_to_frame(coerced, hour_of=[hour] * len(coerced))
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True) if frames else records_to_frame([], hour_of=[])[0]
+    dropped = sum(dropped_by_hour.values(), Counter())
+    return LogIngestResult(frame, quarantined, files_read, per_hour, dropped, dropped_by_hour)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from conversion_platform import events
 from conversion_platform.transform.normalise import (
+    SHA256_HEX,
     hash_email,
     hash_external_id,
     hash_identity_columns,
@@ -190,6 +191,21 @@ def coerce_record(
     return out
 
 
+def drop_malformed_prehashed(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[str]]:
+    """Pre-hashed identity values (sent under the stored names) that aren't SHA-256 digests
+    are dropped and counted: kept, they could be plaintext personal data at rest."""
+    dropped: Counter[str] = Counter()
+    for column in events.HASHED_IDENTITY_COLUMNS:
+        if column not in frame.columns:
+            continue
+        values = frame[column].astype("string").str.strip().str.lower()
+        bad = values.notna() & ~values.str.fullmatch(r"[0-9a-f]{64}").fillna(False)
+        if bad.any():
+            dropped[f"{column}_malformed"] += int(bad.sum())
+        frame[column] = values.mask(bad)
+    return frame, dropped
+
+
 def records_to_frame(
     records: Sequence[Mapping[str, Any]],
     *,
@@ -208,7 +224,9 @@ def records_to_frame(
         else pd.DataFrame(columns=columns)
     )
     frame = normalise_location_columns(frame)
+    frame, malformed = drop_malformed_prehashed(frame)
     frame, dropped = hash_identity_columns(frame)
+    dropped.update(malformed)
     frame["value_verified"] = value_verified
     for column in events.TIMESTAMP_COLUMNS:
         frame[column] = pd.to_datetime(frame[column], utc=True)
@@ -237,15 +255,30 @@ _COPIED_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
-def record_to_stored_row(record: Mapping[str, Any], *, value_verified: bool) -> dict[str, Any]:
+def _prehashed(value: Any, column: str, dropped: Counter[str]) -> str | None:
+    """A pre-hashed value as `drop_malformed_prehashed` keeps it (or drops and counts it)."""
+    text = _stored_text(value)
+    if text is None:
+        return None
+    text = text.strip().lower()
+    if not SHA256_HEX.fullmatch(text):
+        dropped[f"{column}_malformed"] += 1
+        return None
+    return text
+
+
+def record_to_stored_row(
+    record: Mapping[str, Any], *, value_verified: bool, dropped: Counter[str] | None = None
+) -> dict[str, Any]:
     """One coerced record in the stored model, as a plain dict: the per-row twin of
     `records_to_frame`.
 
-    Same normalisers, same hashing, same pass-through of pre-hashed values (a property test
-    holds the two equal); it exists because building a DataFrame costs milliseconds, which
-    is more than a whole small request is worth on the collector's hot path. Timestamps
-    stay aware datetimes.
+    Same normalisers, same hashing, same treatment of pre-hashed values, same counts of
+    dropped identity values (added to `dropped`); a property test holds the two equal. It
+    exists because building a DataFrame costs milliseconds, more than a whole small request
+    is worth on the collector's hot path. Timestamps stay aware datetimes.
     """
+    dropped = Counter() if dropped is None else dropped
     row: dict[str, Any] = {column: record.get(column) for column in _COPIED_COLUMNS}
     country_text = _stored_text(record.get("country"))
     country = normalise_country(country_text) if country_text is not None else None
@@ -257,27 +290,41 @@ def record_to_stored_row(record: Mapping[str, Any], *, value_verified: bool) -> 
     row["region"] = normalise_region(region) if region is not None else None
     row["postal_code"] = normalise_postal_code(postal, country) if postal is not None else None
 
-    hashed: dict[str, Any] = {c: record.get(c) for c in events.HASHED_IDENTITY_COLUMNS}
-    email = _stored_text(record.get("email"))
+    hashed: dict[str, Any] = {
+        c: _prehashed(record.get(c), c, dropped) for c in events.HASHED_IDENTITY_COLUMNS
+    }
+
+    def plaintext(field: str) -> str | None:
+        return _stored_text(record.get(field))
+
+    email = plaintext("email")
     if email is not None:
-        email_hash, google_hash, _ = hash_email(email)
+        email_hash, google_hash, reason = hash_email(email)
         hashed["email_sha256"] = email_hash or hashed["email_sha256"]
         hashed["email_google_sha256"] = google_hash or hashed["email_google_sha256"]
-    phone = _stored_text(record.get("phone"))
+        if reason:
+            dropped[reason] += 1
+    phone = plaintext("phone")
     if phone is not None:
         phone_region = country.upper() if country and len(country) == 2 else None
-        phone_hash, digits_hash, _ = hash_phone(phone, phone_region)
+        phone_hash, digits_hash, reason = hash_phone(phone, phone_region)
         hashed["phone_sha256"] = phone_hash or hashed["phone_sha256"]
         hashed["phone_digits_sha256"] = digits_hash or hashed["phone_digits_sha256"]
+        if reason:
+            dropped[reason] += 1
     for field, column in (("first_name", "first_name_sha256"), ("last_name", "last_name_sha256")):
-        name = _stored_text(record.get(field))
+        name = plaintext(field)
         if name is not None:
-            hashed[column] = hash_name(name)[0] or hashed[column]
-    external_id = _stored_text(record.get("external_id"))
+            name_hash, reason = hash_name(name)
+            hashed[column] = name_hash or hashed[column]
+            if reason:
+                dropped[reason] += 1
+    external_id = plaintext("external_id")
     if external_id is not None:
-        hashed["external_id_sha256"] = (
-            hash_external_id(external_id)[0] or hashed["external_id_sha256"]
-        )
+        id_hash, reason = hash_external_id(external_id)
+        hashed["external_id_sha256"] = id_hash or hashed["external_id_sha256"]
+        if reason:
+            dropped[reason] += 1
     row.update(hashed)
     row["value_verified"] = value_verified
     return row

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -283,8 +284,8 @@ records = st.fixed_dictionaries(
         "currency": st.one_of(st.none(), st.sampled_from(["usd", "EUR"])),
     },
     optional={
-        "email_sha256": st.sampled_from(["f" * 64, "pre-hashed-but-odd"]),
-        "phone_sha256": st.just("e" * 64),
+        "email_sha256": st.sampled_from(["f" * 64, "pre-hashed-but-odd", " " + "A" * 64]),
+        "phone_sha256": st.sampled_from(["e" * 64, "+1 650 253 0000"]),
         "external_id_sha256": st.just("d" * 64),
     },
 )
@@ -295,8 +296,10 @@ records = st.fixed_dictionaries(
 def test_the_row_path_stores_what_the_frame_path_stores(batch: list[dict], verified: bool):
     received = datetime(2026, 5, 1, 12, 0, 1, tzinfo=UTC)
     coerced = [coerce_record(r, events.SOURCE_SERVER, received) for r in batch]
-    frame, _ = records_to_frame(coerced, value_verified=verified)
-    rows = [record_to_stored_row(c, value_verified=verified) for c in coerced]
+    frame, frame_dropped = records_to_frame(coerced, value_verified=verified)
+    row_dropped: Counter[str] = Counter()
+    rows = [record_to_stored_row(c, value_verified=verified, dropped=row_dropped) for c in coerced]
+    assert row_dropped == frame_dropped
     for position, row in enumerate(rows):
         expected = frame.iloc[position]
         for column in events.STORED_COLUMNS:
