@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine = commands.add_parser("quarantine", help="list the quarantined records of an hour")
     quarantine.add_argument("--hour", required=True, help="partition key, e.g. 2026-11-29-10:00")
     quarantine.set_defaults(handler=show_quarantine)
+
+    from conversion_platform.operations_cli import add_operations_commands
+
+    add_operations_commands(commands)
     return parser
 
 

@@ -31,10 +31,8 @@ def platform_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("CONVERSION_PLATFORM_DB_URL", raising=False)
     monkeypatch.delenv("CONVERSION_PLATFORM_LOGS_DIR", raising=False)
     for variable in list(os.environ):
-        if (
-            variable.endswith(("_ACCESS_TOKEN", "_API_TOKEN"))
-            or variable.startswith("CONVERSION_PLATFORM_")
-            and variable.endswith("_BASE_URL")
+        if variable.endswith(("_ACCESS_TOKEN", "_API_TOKEN")) or (
+            variable.startswith("CONVERSION_PLATFORM_") and variable.endswith("_BASE_URL")
         ):
             monkeypatch.delenv(variable, raising=False)
     return home

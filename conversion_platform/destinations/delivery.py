@@ -121,6 +121,7 @@ class HourDeliverer:
         run_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        hold_reason: str | None = None,
     ) -> None:
         self.engine = engine
         self.destination = destination
@@ -131,6 +132,9 @@ class HourDeliverer:
         self.run_id = run_id
         self.clock = clock or (lambda: pd.Timestamp.now(tz="UTC").to_pydatetime())
         self.sleep = sleep
+        #: set while the destination's circuit is open: nothing is sent, every sendable
+        #: event is recorded retryable with this reason (see operations/circuits.py)
+        self.hold_reason = hold_reason
 
     # -- one hour --------------------------------------------------------------------------
 
@@ -239,13 +243,13 @@ class HourDeliverer:
             return report
 
         for number, batch in enumerate(batches):
-            if report.auth_failed:
+            if report.auth_failed or self.hold_reason:
                 outcomes.extend(
                     log.EventOutcome(
                         eid,
                         names.get(eid),
                         log.EVENT_RETRYABLE,
-                        "not sent: destination auth failed",
+                        self.hold_reason or "not sent: destination auth failed",
                     )
                     for eid, _ in batch
                 )
