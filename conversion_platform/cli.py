@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -137,6 +138,14 @@ def show_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_emulator(args: argparse.Namespace) -> int:
+    """Serve the local ad-platform emulator (for tests, the demo and trying things out)."""
+    from conversion_platform.emulator.server import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conversion-platform", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--hour", required=True, help="partition key, e.g. 2026-11-29-10:00")
     quarantine.set_defaults(handler=show_quarantine)
 
+    emulator = commands.add_parser("emulator", help="serve the local ad-platform API emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8799)
+    emulator.set_defaults(handler=run_emulator)
+
     from conversion_platform.operations_cli import add_operations_commands
 
     add_operations_commands(commands)
@@ -159,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dagster marks some APIs we rely on (single-run backfills, pandera types) as beta;
+    # the command's output is for people, so those notices stay out of it.
+    warnings.filterwarnings("ignore", message=".*is currently in (beta|preview).*")
     args = build_parser().parse_args(argv)
     return int(args.handler(args) or 0)
 
