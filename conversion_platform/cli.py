@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     collector.add_argument("--workers", type=int, default=1, help="worker processes")
     collector.add_argument("--log-level", default="info")
     collector.set_defaults(handler=run_collector)
+
+    from conversion_platform.operations_cli import add_operations_commands
+
+    add_operations_commands(commands)
     return parser
 
 

@@ -224,6 +224,7 @@ class HourDeliverer:
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         chunk_rows: int = 100_000,
+        hold_reason: str | None = None,
     ) -> None:
         self.engine = engine
         self.destination = destination
@@ -235,6 +236,9 @@ class HourDeliverer:
         self.clock = clock or (lambda: pd.Timestamp.now(tz="UTC").to_pydatetime())
         self.sleep = sleep
         self.chunk_rows = chunk_rows
+        #: set while the destination's circuit is open: nothing is sent, every sendable
+        #: event is recorded retryable with this reason (see operations/circuits.py)
+        self.hold_reason = hold_reason
 
     # -- one hour --------------------------------------------------------------------------
 
@@ -271,7 +275,7 @@ class HourDeliverer:
             for positions in ranges:
                 if outbox is not None:
                     self._write_batch(outbox, context, run.batch(number, positions))
-                elif report.auth_failed:
+                elif report.auth_failed or self.hold_reason:
                     self._not_sent(context, [run.event_ids[i] for i in positions])
                 else:
                     self._send(context, run, number, positions)
@@ -428,7 +432,7 @@ class HourDeliverer:
                         eid,
                         ctx.names.pop(eid, None),
                         log.EVENT_RETRYABLE,
-                        "not sent: destination auth failed",
+                        self.hold_reason or "not sent: destination auth failed",
                     )
                     for eid in event_ids
                 ],
