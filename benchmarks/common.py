@@ -149,21 +149,38 @@ def fresh_home(name: str, work_dir: Path | None = None) -> Home:
 
 @dataclass
 class Stages:
-    """Wall time of named stages, in order, with the rows each handled."""
+    """Wall and CPU time of named stages, in order, with the rows each handled.
+
+    CPU time (this process's user + system) says what a stage costs when the machine is
+    shared: wall time grows with other processes' load, CPU time much less.
+    """
 
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
 
     @contextmanager
     def time(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - cpu
 
     def total(self) -> float:
         return sum(self.seconds.values())
+
+    def cpu_total(self) -> float:
+        return sum(self.cpu_seconds.values())
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages: how busy the machine was (figures are noisy above nproc)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def run_child(

@@ -34,7 +34,11 @@ class Landed:
 
 
 def _insert_landing(engine: Engine, frame: pd.DataFrame) -> int:
-    """Bulk insert of stored-model rows with the driver's executemany (setup only)."""
+    """Bulk insert of stored-model rows with the driver's executemany (setup only).
+
+    Rows go in in the order received, as the collector commits them.
+    """
+    frame = frame.sort_values("received_at", kind="stable").reset_index(drop=True)
     columns = [c.name for c in landing_events.columns if c.name != "id"]
     data: dict[str, list] = {}
     for name in columns:

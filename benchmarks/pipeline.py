@@ -26,6 +26,7 @@ from benchmarks.common import (
     Home,
     Stages,
     fresh_home,
+    load_average,
     peak_rss_mb,
     rate,
     recent_hours,
@@ -147,6 +148,9 @@ def measure(root: str, hour: str, size: int) -> dict[str, Any]:
     return {
         "size": size,
         "stages_s": {k: round(v, 3) for k, v in stages.seconds.items()},
+        "stages_cpu_s": {k: round(v, 3) for k, v in stages.cpu_seconds.items()},
+        "cpu_total_s": round(stages.cpu_total(), 3),
+        "load_average": load_average(),
         "rows": stages.rows,
         "invalid": invalid,
         "destinations": destinations,
@@ -210,6 +214,7 @@ def table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "stage": stage,
                     "rows out": result["rows"].get(stage),
                     "seconds": seconds,
+                    "cpu s": result["stages_cpu_s"][stage],
                     "events/s": rate(size, seconds),
                     "share %": round(100 * seconds / result["total_s"], 1)
                     if result["total_s"]
@@ -222,6 +227,7 @@ def table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "stage": f"TOTAL (peak {result['peak_rss_mb']:,.0f} MiB)",
                 "rows out": None,
                 "seconds": result["total_s"],
+                "cpu s": result["cpu_total_s"],
                 "events/s": result["events_per_s"],
                 "share %": 100.0,
             }
