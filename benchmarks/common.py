@@ -222,7 +222,9 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     """A plain-text table of `rows` (numbers right-aligned, thousands separated)."""
     if not rows:
         return "(no rows)"
-    columns = list(columns or rows[0].keys())
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    columns = list(columns)
 
     def cell(value: Any) -> str:
         if isinstance(value, bool) or value is None:
@@ -253,3 +255,112 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
             )
         )
     return "\n".join(lines)
+
+
+def measure_command(
+    command: Sequence[str], env: Mapping[str, str], cwd: Path = REPO_ROOT
+) -> dict[str, Any]:
+    """Run `command` from a small watcher process: wall time, peak memory, exit code, output.
+
+    The watcher reports its children's peak resident memory, so only the command (and
+    what it starts) counts, not the benchmark's own data generation.
+    """
+    watcher = (
+        "import json, resource, subprocess, sys, time\n"
+        "started = time.perf_counter()\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "wall = time.perf_counter() - started\n"
+        "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "sys.stdout.write(json.dumps({'wall_s': wall, 'peak_rss_mb': usage.ru_maxrss / 1024,\n"
+        "    'cpu_s': usage.ru_utime + usage.ru_stime, 'returncode': done.returncode,\n"
+        "    'stdout': done.stdout[-20000:], 'stderr': done.stderr[-20000:]}))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", watcher, *command],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(completed.stdout)
+    result["wall_s"] = round(result["wall_s"], 2)
+    result["cpu_s"] = round(result["cpu_s"], 2)
+    result["peak_rss_mb"] = round(result["peak_rss_mb"], 1)
+    return result
+
+
+def dagster_command(*arguments: str) -> list[str]:
+    """The `dagster` CLI of this Python environment."""
+    return [sys.executable, "-m", "dagster", *arguments]
+
+
+#: What the time before each Dagster event of a step was spent on.
+_PHASE_OF_EVENT = {
+    "LOADED_INPUT": "load inputs (IO manager: Parquet read)",
+    "STEP_INPUT": "input type checks",
+    "STEP_OUTPUT": "compute (+ output type check)",
+    "HANDLED_OUTPUT": "store outputs (IO manager: Parquet write)",
+    "ASSET_MATERIALIZATION": "compute (+ output type check)",
+    "ASSET_CHECK_EVALUATION": "compute (+ output type check)",
+    "ASSET_OBSERVATION": "compute (+ output type check)",
+    "STEP_SUCCESS": "finish",
+    "STEP_FAILURE": "finish",
+}
+
+
+def run_step_timings(dagster_home: str) -> dict[str, Any]:
+    """Child-process helper: step and phase durations of every run in a Dagster instance,
+    from the event log in its run storage (oldest run first)."""
+    os.environ["DAGSTER_HOME"] = dagster_home
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    runs = []
+    for record in reversed(instance.get_run_records()):
+        run = record.dagster_run
+        entries = instance.all_logs(run.run_id)
+        steps: dict[str, dict[str, Any]] = {}
+        last: dict[str, float] = {}
+        run_start = run_end = None
+        for entry in entries:
+            event = entry.dagster_event
+            if event is None:
+                continue
+            kind = event.event_type.name  # names, not values: RUN_START's value is legacy
+            if kind == "RUN_START":
+                run_start = entry.timestamp
+            elif kind in ("RUN_SUCCESS", "RUN_FAILURE"):
+                run_end = entry.timestamp
+            step = entry.step_key
+            if step is None:
+                continue
+            info = steps.setdefault(step, {"seconds": 0.0, "phases": {}, "status": None})
+            if kind == "STEP_START":
+                info["start"] = entry.timestamp
+                last[step] = entry.timestamp
+                continue
+            if step in last:
+                phase = _PHASE_OF_EVENT.get(kind, "other")
+                gap = entry.timestamp - last[step]
+                info["phases"][phase] = round(info["phases"].get(phase, 0.0) + gap, 3)
+                last[step] = entry.timestamp
+            if kind in ("STEP_SUCCESS", "STEP_FAILURE"):
+                info["seconds"] = round(entry.timestamp - info.get("start", entry.timestamp), 3)
+                info["status"] = kind
+        for info in steps.values():
+            info.pop("start", None)
+        runs.append(
+            {
+                "run_id": run.run_id,
+                "status": run.status.value,
+                "partition_range": [
+                    run.tags.get("dagster/asset_partition_range_start"),
+                    run.tags.get("dagster/asset_partition_range_end"),
+                ],
+                "partition": run.tags.get("dagster/partition"),
+                "run_seconds": round(run_end - run_start, 3) if run_start and run_end else None,
+                "steps": steps,
+            }
+        )
+    return {"runs": runs}
