@@ -65,6 +65,8 @@ class LogChunk:
     raws: list[bytes | str] = field(default_factory=list)  # each record's line, for the quarantine
     failed: list[FailedLine] = field(default_factory=list)
     ignored_hours_ns: list[int] = field(default_factory=list)  # access-log hits matching no rule
+    #: log times of records read by the per-line parsers (access-log hits), by line number
+    slow_times: dict[int, datetime] = field(default_factory=dict)
 
     def hours_ns(self) -> np.ndarray:
         stamps = np.asarray(self.logged_ns, dtype=np.int64)
@@ -142,79 +144,90 @@ def read_log_chunks(path: Path, rules: list[AccessLogRule]) -> Iterator[LogChunk
     number = 0
     last_hour: int | None = None
     pending: list[FailedLine] = []  # failed lines before the file's first readable line
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
     for lines, stream_error in _lines(path):
         chunk = LogChunk(name)
-        # Each line's kind and index, in file order: 0 record, 1 failed, 2 no rule matched.
-        order: list[tuple[int, int]] = []
-        stamps: list[Any] = []
-        raws: list[bytes] = []
+        first_number = number + 1
+        records, numbers = chunk.records, chunk.line_numbers
+        ignored_numbers: list[int] = []
+        # The hot loop: one `loads` per plain JSON object line; the rest below.
         for data in lines:
             number += 1
-            if len(data) + 1 > MAX_LINE_BYTES:
-                chunk.failed.append(
-                    FailedLine(number, f"line longer than {MAX_LINE_BYTES} bytes", "")
-                )
-                order.append((1, len(chunk.failed) - 1))
-                continue
-            if data[:1] == b"{" or data.lstrip()[:1] == b"{":
+            if data[:1] == b"{" and len(data) < MAX_LINE_BYTES:
                 try:
-                    record = orjson.loads(data)
-                except orjson.JSONDecodeError:
+                    record = loads(data)
+                except decode_error:
                     record = None
                 if record.__class__ is dict:
-                    stamp = record.get("logged_at")
-                    stamps.append(stamp if stamp is not None else record.get("event_time"))
-                    chunk.records.append(record)
-                    chunk.line_numbers.append(number)
-                    raws.append(data)
-                    order.append((0, len(chunk.records) - 1))
+                    records.append(record)
+                    numbers.append(number)
                     continue
-            # Everything else, and JSON that didn't parse: the line parsers decide (and say why).
-            kind, index = _parse_slow(chunk, data, number, rules, stamps, raws)
-            if kind >= 0:
-                order.append((kind, index))
-        # Log times of the JSON records at once; the odd ones through the line parser.
+            _parse_slow(chunk, data, number, rules, ignored_numbers)
+        stamps = [
+            stamp if (stamp := r.get("logged_at")) is not None else r.get("event_time")
+            for r in records
+        ]
+        raws: list[bytes | str] = [lines[n - first_number] for n in numbers]
+        # Log times at once; the odd ones (numbers, offsets missing, ...) through the line parser.
         nanos, plain = _plain_stamps(stamps)
-        refused: dict[int, FailedLine] = {}
-        for i in np.flatnonzero(~plain):
-            text = _text(raws[i])
+        refused: list[int] = []
+        for i in np.flatnonzero(~plain).tolist():
+            text = _text(raws[i]) if isinstance(raws[i], bytes) else raws[i]
             try:
                 if text is None:
                     raise JsonLineError("not valid UTF-8")
-                moment, _ = parse_json_line(text)
-            except JsonLineError as exc:
-                refused[int(i)] = FailedLine(
-                    chunk.line_numbers[i], str(exc), text if text is not None else _replace(raws[i])
+                moment, _ = (
+                    parse_json_line(text)
+                    if text.lstrip().startswith("{")
+                    else (chunk.slow_times[numbers[i]], None)
                 )
+            except JsonLineError as exc:
+                chunk.failed.append(
+                    FailedLine(
+                        numbers[i], str(exc), text if text is not None else _replace(raws[i])
+                    )
+                )
+                refused.append(i)
                 continue
             nanos[i] = _ns(moment.astimezone(UTC))
-        chunk.logged_ns = nanos.tolist()
-        chunk.raws = raws  # type: ignore[assignment]
         if refused:
-            chunk.failed.extend(refused.values())
-        if chunk.failed or pending:
-            # The hour of a failed line: the nearest readable line before it, in file order.
-            for kind, index in order:
-                if kind == 0 and index not in refused:
-                    stamp = chunk.logged_ns[index]
-                    last_hour = stamp - stamp % _NS_PER_HOUR
-                elif kind == 2:
-                    last_hour = chunk.ignored_hours_ns[index]
-                else:
-                    line = refused[index] if kind == 0 else chunk.failed[index]
-                    if last_hour is None:
-                        pending.append(line)
-                    else:
-                        line.hour_ns = last_hour
-                    continue
-                if pending:
-                    for line in pending:
-                        line.hour_ns = last_hour
-                    pending.clear()
-        elif order:
-            kind, index = order[-1]
-            stamp = chunk.logged_ns[index] if kind == 0 else chunk.ignored_hours_ns[index]
-            last_hour = stamp - stamp % _NS_PER_HOUR
+            keep = np.ones(len(records), dtype=bool)
+            keep[refused] = False
+            index = np.flatnonzero(keep).tolist()
+            chunk.records = [records[i] for i in index]
+            chunk.line_numbers = [numbers[i] for i in index]
+            raws = [raws[i] for i in index]
+            nanos = nanos[keep]
+        chunk.raws = raws
+        chunk.logged_ns = nanos.tolist()
+        # The hour of a failed line: the nearest readable line before it in the file.
+        readable_numbers = np.concatenate(
+            (
+                np.asarray(chunk.line_numbers, dtype=np.int64),
+                np.asarray(ignored_numbers, dtype=np.int64),
+            )
+        )
+        readable_hours = np.concatenate(
+            (nanos - nanos % _NS_PER_HOUR, np.asarray(chunk.ignored_hours_ns, dtype=np.int64))
+        )
+        order = np.argsort(readable_numbers, kind="stable")
+        readable_numbers, readable_hours = readable_numbers[order], readable_hours[order]
+        if pending and len(readable_numbers):
+            for line in pending:
+                line.hour_ns = int(readable_hours[0])
+            pending.clear()
+        for line in chunk.failed:
+            before = int(np.searchsorted(readable_numbers, line.line_number)) - 1
+            if before >= 0:
+                line.hour_ns = int(readable_hours[before])
+            elif last_hour is not None:
+                line.hour_ns = last_hour
+            elif len(readable_numbers):
+                line.hour_ns = int(readable_hours[0])
+            else:
+                pending.append(line)
+        if len(readable_numbers):
+            last_hour = int(readable_hours[-1])
         if stream_error is not None:
             line = FailedLine(
                 number + 1, f"unreadable compressed data after line {number}: {stream_error}", ""
@@ -224,12 +237,7 @@ def read_log_chunks(path: Path, rules: list[AccessLogRule]) -> Iterator[LogChunk
                 pending.append(line)
             else:
                 line.hour_ns = last_hour
-        if refused:
-            keep = [i for i in range(len(chunk.records)) if i not in refused]
-            chunk.records = [chunk.records[i] for i in keep]
-            chunk.line_numbers = [chunk.line_numbers[i] for i in keep]
-            chunk.logged_ns = [chunk.logged_ns[i] for i in keep]
-            chunk.raws = [chunk.raws[i] for i in keep]
+        chunk.slow_times.clear()
         yield chunk
     if pending:
         # No readable line at all: the file's modification hour is the best we know.
@@ -255,33 +263,34 @@ def _parse_slow(
     data: bytes,
     number: int,
     rules: list[AccessLogRule],
-    stamps: list[Any],
-    raws: list[bytes],
-) -> tuple[int, int]:
-    """One line the fast path didn't take: (kind, index) as in `read_log_chunks`, -1 to skip."""
+    ignored_numbers: list[int],
+) -> None:
+    """One line the fast path didn't take, with the per-line parsers' rules and reasons."""
+    if len(data) + 1 > MAX_LINE_BYTES:
+        chunk.failed.append(FailedLine(number, f"line longer than {MAX_LINE_BYTES} bytes", ""))
+        return
     text = _text(data)
     if text is None:
         chunk.failed.append(FailedLine(number, "not valid UTF-8", _replace(data)))
-        return 1, len(chunk.failed) - 1
+        return
     stripped = text.lstrip()
     if not stripped:
-        return -1, -1  # blank lines carry nothing
+        return  # blank lines carry nothing
     try:
         if stripped.startswith("{"):
             logged_at, record = parse_json_line(stripped)
         else:
             logged_at, maybe = parse_access_log_line(stripped, rules)
-            stamp = _ns(logged_at.astimezone(UTC))
             if maybe is None:
+                stamp = _ns(logged_at.astimezone(UTC))
                 chunk.ignored_hours_ns.append(stamp - stamp % _NS_PER_HOUR)
-                return 2, len(chunk.ignored_hours_ns) - 1
+                ignored_numbers.append(number)
+                return
             record = maybe
     except (JsonLineError, AccessLogError) as exc:
         chunk.failed.append(FailedLine(number, str(exc), text))
-        return 1, len(chunk.failed) - 1
-    # A record read by the line parser: its log time is already known; keep it as text.
-    stamps.append(logged_at.astimezone(UTC).isoformat())
+        return
+    # Read by a line parser: its log time is known; the record's own fields may not say it.
     chunk.records.append(record)
     chunk.line_numbers.append(number)
-    raws.append(data)
-    return 0, len(chunk.records) - 1
+    chunk.slow_times[number] = logged_at

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from conversion_platform import events
 from conversion_platform.ingest.access_log import AccessLogRule
-from conversion_platform.ingest.record_columns import coerce_records, stored_frame
+from conversion_platform.ingest.record_columns import coerce_records, concat_coerced, stored_frame
 from conversion_platform.ingest.server_logs import scan_logs_for_hours
 from conversion_platform.store.quarantine import STAGE_PARSE, QuarantinedRecord
 from conversion_platform.transform.normalise import redact
@@ -98,12 +98,12 @@ def ingest_server_logs(
         hour_parts.append(kept_hours)
         chunk.records = []  # the dicts are done with: free them before the next chunk's
     if frames:
-        coerced_frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        coerced_frame = concat_coerced(frames)
         hour_ns = np.concatenate(hour_parts)
         # In hour order, and within an hour in file and line order.
         order = np.argsort(hour_ns, kind="stable")
         if not (order == np.arange(len(order))).all():
-            coerced_frame = coerced_frame.take(order).reset_index(drop=True)
+            coerced_frame = concat_coerced([coerced_frame.take(order).reset_index(drop=True)])
             hour_ns = hour_ns[order]
         hour_of = pd.Series(hour_ns.astype("datetime64[ns]")).dt.tz_localize("UTC")
     else:

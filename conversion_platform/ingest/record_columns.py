@@ -76,9 +76,8 @@ def _missing(values: np.ndarray) -> np.ndarray:
 def _object_array(values: Sequence[Any] | np.ndarray, n: int) -> np.ndarray:
     if isinstance(values, np.ndarray) and values.dtype == object:
         return values
-    out = np.empty(n, dtype=object)
-    out[:] = list(values) if not isinstance(values, np.ndarray) else values
-    return out
+    # fromiter never descends into values that are themselves lists (an `items` array).
+    return np.fromiter(values, dtype=object, count=n)
 
 
 def _only_text(values: np.ndarray, slow: np.ndarray) -> np.ndarray:
@@ -330,24 +329,44 @@ def coerce_columns(
                 target[position] = value
     positions = np.flatnonzero(keep)
     every = len(positions) == count
-    special = (*events.TIMESTAMP_COLUMNS, "value")
-    frame = pd.DataFrame(
-        {
-            name: out[name] if every else out[name][positions]
-            for name in RECORD_FIELDS
-            if name not in special
-        },
-        dtype=object,  # no inference over a million values: the types are known
-    )
-    for name in special:
+    columns: dict[str, Any] = {}
+    for name in RECORD_FIELDS:
         values = out[name] if every else out[name][positions]
-        column = (
-            pd.DatetimeIndex(values.view("datetime64[ns]")).tz_localize("UTC")
-            if name in events.TIMESTAMP_COLUMNS
-            else values.astype(np.float64)
-        )
-        frame.insert(RECORD_FIELDS.index(name), name, column)
-    return CoercedColumns(frame, positions, failures)
+        if name in events.TIMESTAMP_COLUMNS:
+            values = pd.DatetimeIndex(values.view("datetime64[ns]")).tz_localize("UTC")
+        elif name == "value":
+            values = values.astype(np.float64)
+        columns[name] = values
+    return CoercedColumns(column_frame(columns), positions, failures)
+
+
+def column_frame(columns: Mapping[str, Any]) -> pd.DataFrame:
+    """A frame with one block per column, built without inference or consolidation.
+
+    The next steps add and drop columns of a million rows: with every object column in
+    one consolidated block, each drop would copy all the others.
+    """
+    n = len(next(iter(columns.values()))) if columns else 0
+    frame = pd.DataFrame(index=pd.RangeIndex(n))
+    for name, values in columns.items():
+        frame[name] = values
+    return frame
+
+
+def concat_coerced(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Coerced frames one after the other, column by column (one block per column)."""
+    if len(frames) == 1:
+        return frames[0]
+    columns: dict[str, Any] = {}
+    for name in frames[0].columns:
+        parts = [f[name] for f in frames]
+        if isinstance(parts[0].dtype, pd.DatetimeTZDtype):
+            columns[name] = pd.DatetimeIndex(
+                np.concatenate([p.dt.tz_convert(None).to_numpy() for p in parts])
+            ).tz_localize("UTC")
+        else:
+            columns[name] = np.concatenate([p.to_numpy() for p in parts])
+    return column_frame(columns)
 
 
 def coerce_record_frame(
