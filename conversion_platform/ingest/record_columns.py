@@ -99,8 +99,7 @@ def _text_column(values: np.ndarray, slow: np.ndarray) -> np.ndarray:
     """Trimmed text with empty strings as None; rows with non-text values are marked slow."""
     values = _only_text(values, slow)
     cleaned = [None if v is None else (v.strip() or None) for v in values.tolist()]
-    out = np.empty(len(cleaned), dtype=object)
-    out[:] = cleaned
+    out = np.array(cleaned, dtype=object)  # text and None only: nothing to descend into
     if max(map(len, filter(None, cleaned)), default=0) > MAX_FIELD_LENGTH:
         slow |= np.fromiter(
             (v is not None and len(v) > MAX_FIELD_LENGTH for v in cleaned),
@@ -228,7 +227,9 @@ def coerce_columns(
     record without `event_time` its time received (the pixel's rule). The result's frame
     has the columns `records_to_frame` takes.
     """
-    received = pd.to_datetime(pd.Series(received_at), utc=True).astype(events.TIMESTAMP_DTYPE)
+    received = pd.Series(received_at)
+    if str(received.dtype) != events.TIMESTAMP_DTYPE:
+        received = pd.to_datetime(received, utc=True).astype(events.TIMESTAMP_DTYPE)
     received_ns = received.dt.tz_convert(None).to_numpy().view(np.int64)
     slow = np.zeros(count, dtype=bool)
     none = np.full(count, None, dtype=object)
