@@ -267,7 +267,8 @@ def conform(
     Missing columns are added as nulls; extra columns are dropped.
     """
     dtypes = column_dtypes(columns)
-    out: dict[str, pd.Series] = {}
+    # Arrays, not Series: the result gets a fresh index without a copy of every column.
+    out: dict[str, object] = {}
     n = len(frame)
     for column in columns:
         dtype = dtypes[column]
@@ -279,9 +280,9 @@ def conform(
                     series = series.astype(TIMESTAMP_DTYPE)
                 else:
                     series = series.astype(dtype)
-            out[column] = series.reset_index(drop=True)
+            out[column] = series.array
         else:
-            out[column] = pd.Series(
+            out[column] = pd.array(
                 [pd.NA] * n if dtype != TIMESTAMP_DTYPE else [pd.NaT] * n, dtype=dtype
             )
-    return pd.DataFrame(out, columns=list(columns))
+    return pd.DataFrame(out, columns=list(columns), index=pd.RangeIndex(n))
