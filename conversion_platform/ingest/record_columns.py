@@ -251,7 +251,8 @@ def coerce_columns(
         out[name] = none if values is None else _text_column(values, slow)
     names = column("event_name")
     if names is None:
-        slow[:] = True
+        slow[:] = True  # no event names at all: `coerce_record` says so for each
+        out["event_name"] = none
     else:
         event_names = _mapped_column(names, slow, _event_name)
         slow |= _missing(names)
