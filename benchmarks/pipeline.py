@@ -73,8 +73,23 @@ class _TimedDestination:
             return self._destination.build_request(*args, **kwargs)
 
 
-def measure(root: str, hour: str, size: int) -> dict[str, Any]:
-    """Child process: the timed pipeline over the prepared hour."""
+def measure(root: str, hour: str, size: int, profile: str | None = None) -> dict[str, Any]:
+    """Child process: the timed pipeline over the prepared hour (profiled when `profile`
+    names a file: pyinstrument's text report goes there)."""
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.005)
+        profiler.start()
+        try:
+            return _measure(root, hour, size)
+        finally:
+            profiler.stop()
+            Path(profile).write_text(profiler.output_text(show_all=False))
+    return _measure(root, hour, size)
+
+
+def _measure(root: str, hour: str, size: int) -> dict[str, Any]:
     import pandas as pd
 
     from conversion_platform import events
@@ -165,8 +180,13 @@ def run(
     sizes: tuple[int, ...] | list[int] = DEFAULT_SIZES,
     seed: int = 7,
     work_dir: str | None = None,
+    profile_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Each size in its own fresh home and its own measuring process."""
+    """Each size in its own fresh home and its own measuring process.
+
+    With `profile_dir`, each size's measuring process is profiled (pyinstrument, a dev
+    dependency) to `profile_dir/pipeline-<size>.txt`; the times then include its overhead.
+    """
     hour = recent_hours(1)[0]
     results = []
     for size in sizes:
@@ -181,7 +201,12 @@ def run(
         measured = run_child(
             "benchmarks.pipeline",
             "measure",
-            {"root": str(home.root), "hour": hour.isoformat(), "size": size},
+            {
+                "root": str(home.root),
+                "hour": hour.isoformat(),
+                "size": size,
+                "profile": str(Path(profile_dir) / f"pipeline-{size}.txt") if profile_dir else None,
+            },
             env,
         )
         results.append({**measured, "setup": setup})
@@ -242,8 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES))
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true", help="print the JSON result")
+    parser.add_argument(
+        "--profile-dir", help="profile each size with pyinstrument into this folder"
+    )
     args = parser.parse_args(argv)
-    result = run([int(s) for s in args.sizes.split(",")], seed=args.seed)
+    if args.profile_dir:
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+    result = run(
+        [int(s) for s in args.sizes.split(",")], seed=args.seed, profile_dir=args.profile_dir
+    )
     print(format_table(result["table"]))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
