@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -117,24 +118,60 @@ def insert_landing_rows(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> in
     return len(rows)
 
 
+#: Rows fetched from the driver at a time: big enough to amortise calls, small enough to stay in cache.
+_FETCH_ROWS = 50_000
+
+
+def _column_frame(names: list[str], chunks: list[np.ndarray]) -> pd.DataFrame:
+    """A frame from blocks of rows (2-D object arrays), built one column at a time."""
+    table = (
+        (np.concatenate(chunks) if len(chunks) > 1 else chunks[0])
+        if chunks
+        else np.empty((0, len(names)), dtype=object)
+    )
+    n = len(table)
+    out: dict[str, object] = {}
+    for j, name in enumerate(names):
+        values = np.ascontiguousarray(table[:, j])
+        if name in _TIME_COLUMNS:
+            if n and not any(v is None for v in values):
+                nanos = values.astype(np.int64) * 1_000
+                out[_TIME_COLUMNS[name]] = pd.DatetimeIndex(
+                    nanos.view("datetime64[ns]")
+                ).tz_localize("UTC")
+            else:
+                out[_TIME_COLUMNS[name]] = series_from_micros(pd.Series(values, dtype=object))
+        elif name in events.FLOAT_COLUMNS:
+            out[name] = pd.array(values, dtype="Float64").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
+        elif name in events.BOOL_COLUMNS:
+            out[name] = pd.array(values, dtype="boolean")
+        else:
+            # Text: the model's nullable string dtype, straight from the driver's str/None.
+            out[name] = pd.array(values, dtype=events.STRING_DTYPE)
+    return pd.DataFrame(out)
+
+
 def read_landing_events(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
     """Rows received in [start, end), in the stored model with UTC timestamps."""
+    selected = [c for c in landing_events.columns if c.name not in ("id", "site")]
     query = (
-        sa.select(landing_events)
+        sa.select(*selected)
         .where(
             landing_events.c.received_at_us >= to_micros(start),
             landing_events.c.received_at_us < to_micros(end),
         )
         .order_by(landing_events.c.received_at_us, landing_events.c.id)
     )
+    chunks: list[np.ndarray] = []
     with engine.connect() as conn:
         result = conn.execute(query)
-        frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    for column, name in _TIME_COLUMNS.items():
-        frame[name] = (
-            series_from_micros(frame[column])
-            if len(frame)
-            else pd.Series([], dtype="datetime64[ns, UTC]")
-        )
-    frame = frame.drop(columns=[*_TIME_COLUMNS, "id"], errors="ignore")
+        # The driver's own cursor: SQLAlchemy's Row objects cost more than the query.
+        cursor = result.cursor
+        names = [d[0] for d in cursor.description]
+        while rows := cursor.fetchmany(_FETCH_ROWS):
+            chunks.append(np.array(rows, dtype=object).reshape(len(rows), len(names)))
+        result.close()
+    frame = _column_frame(names, chunks)
     return events.conform(frame, events.STORED_COLUMNS)
