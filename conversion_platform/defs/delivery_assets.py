@@ -12,9 +12,13 @@ from conversion_platform.destinations.delivery import HourDeliverer, HourDeliver
 from conversion_platform.destinations.http_client import new_session
 from conversion_platform.destinations.registry import destination_for
 from conversion_platform.destinations.request_status import StatusPolling, resolve_pending_requests
+from conversion_platform.operations.circuits import hold_reason
+from conversion_platform.operations.dead_letters import dead_letter_rejected
 
 DELIVERY_GROUP = "delivery"
 DELIVERY_KEY_PREFIX = "delivery"
+#: Fails while the destination's circuit is open after an auth failure (nothing is sent).
+CIRCUIT_CLOSED_CHECK = "destination_circuit_closed"
 
 
 class UndeliveredBatchesError(Exception):
@@ -62,6 +66,17 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
         kinds={"python"},
         pool=f"destination_{config.name}",
         ins={"resolved_conversions": dg.AssetIn("resolved_conversions")},
+        check_specs=[
+            dg.AssetCheckSpec(
+                CIRCUIT_CLOSED_CHECK,
+                asset=dg.AssetKey([DELIVERY_KEY_PREFIX, config.name]),
+                description=(
+                    "Fails while an auth failure keeps the destination's circuit open: nothing "
+                    "is sent until its credentials change or an operator runs "
+                    f"`conversion-platform circuit reset --destination {config.name}`."
+                ),
+            )
+        ],
         description=(
             f"Conversions of the hour delivered to {config.name} ({destination.platform}): "
             "each event mapped to the platform's format, batched at its limit, and every "
@@ -88,6 +103,7 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
             platform.outbox_dir,
             consent_required=platform.consent_required,
             run_id=context.run_id,
+            hold_reason=hold_reason(engine, config),
         )
         by_hour = (
             {h: g for h, g in resolved_conversions.groupby(events.HOUR_COLUMN)}
@@ -100,6 +116,10 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
         for key, hour in hours:
             frame = by_hour.get(pd.Timestamp(hour), resolved_conversions.iloc[0:0])
             report = deliverer.deliver_hour(frame, hour, key)
+            # Permanent rejections go to the dead letters at once, with the platform's reason.
+            dead_letter_rejected(engine, config.name, [hour])
+            # An auth failure opens the circuit: the range's later hours are held, not sent.
+            deliverer.hold_reason = hold_reason(engine, config)
             reports.append((key, report))
             if len(hours) > 1:
                 context.log_event(
@@ -143,16 +163,34 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
         outbox = [r.outbox_file for _, r in reports if r.outbox_file]
         if outbox:
             metadata["outbox"] = dg.MetadataValue.path(outbox[-1])
+        held = deliverer.hold_reason
+        metadata["circuit"] = "open" if held else "closed"
+        circuit_check = dg.AssetCheckResult(
+            check_name=CIRCUIT_CLOSED_CHECK,
+            passed=held is None,
+            metadata={"reason": held or "closed"},
+        )
         failed = [(k, r) for k, r in reports if r.pending]
         if failed:
             context.log.error(
                 f"{config.name}: {sum(r.pending for _, r in failed)} events of {len(failed)} hour(s) "
-                "still undelivered after in-run retries; the retry sensor will try again"
+                "still undelivered after in-run retries; "
+                + (held if held else "the retry sensor will try again")
+            )
+            # The step fails, so the check result is logged on its own before raising.
+            context.log_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=context.asset_key,
+                    check_name=CIRCUIT_CLOSED_CHECK,
+                    passed=held is None,
+                    metadata={"reason": dg.MetadataValue.text(held or "closed")},
+                )
             )
             raise UndeliveredBatchesError(
                 f"{config.name}: retryable batches undelivered for hours {[k for k, _ in failed]}"
+                + (f" ({held})" if held else "")
             )
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=metadata, check_results=[circuit_check])
 
     return _delivery
 

@@ -52,6 +52,7 @@ from conversion_platform.destinations.http_client import TransportError, send_re
 from conversion_platform.destinations.outbox import OutboxWriter
 from conversion_platform.store import delivery_log as log
 from conversion_platform.store.timecodes import now_micros
+from conversion_platform.transform.match_quality import match_quality_column
 
 #: Identifier columns removed from events whose ad_user_data consent is denied.
 IDENTIFIER_COLUMNS: tuple[str, ...] = (
@@ -225,6 +226,7 @@ class HourDeliverer:
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         chunk_rows: int = 100_000,
+        hold_reason: str | None = None,
     ) -> None:
         self.engine = engine
         self.destination = destination
@@ -236,6 +238,9 @@ class HourDeliverer:
         self.clock = clock or (lambda: pd.Timestamp.now(tz="UTC").to_pydatetime())
         self.sleep = sleep
         self.chunk_rows = chunk_rows
+        #: set while the destination's circuit is open: nothing is sent, every sendable
+        #: event is recorded retryable with this reason (see operations/circuits.py)
+        self.hold_reason = hold_reason
 
     # -- one hour --------------------------------------------------------------------------
 
@@ -297,7 +302,7 @@ class HourDeliverer:
 
             prepared: _Prepared | None = None
             for index in range(len(ranges)):
-                if ctx.report.auth_failed:
+                if ctx.report.auth_failed or self.hold_reason:
                     if prepared is not None and prepared.future is not None:
                         prepared.future.result()  # already on its way: let it land
                     self._not_sent(ctx, [run.event_ids[i] for i in ranges[index]])
@@ -400,8 +405,12 @@ class HourDeliverer:
         run = EventRun(ids, encoded.json.filter(pa.array(keep)), groups, carry)
         names = chunk["event_name"].to_numpy(dtype=object)[keep]
         ctx.names.update(zip(ids, names, strict=True))
-        if "match_quality" in chunk.columns:
-            quality = chunk["match_quality"].to_numpy(dtype="float64", na_value=np.nan)[keep]
+        # This platform's own score where identity resolution computed one.
+        score_column = match_quality_column(destination.platform)
+        if score_column not in chunk.columns:
+            score_column = "match_quality"
+        if score_column in chunk.columns:
+            quality = chunk[score_column].to_numpy(dtype="float64", na_value=np.nan)[keep]
             ctx.quality.update((k, float(v)) for k, v in zip(ids, quality, strict=True) if v == v)
             report.match_quality_sum += float(np.nansum(quality))
         report.sent += len(ids)
@@ -458,7 +467,7 @@ class HourDeliverer:
                         eid,
                         ctx.names.pop(eid, None),
                         log.EVENT_RETRYABLE,
-                        "not sent: destination auth failed",
+                        self.hold_reason or "not sent: destination auth failed",
                     )
                     for eid in event_ids
                 ],
