@@ -116,4 +116,5 @@ def test_a_permanent_rejection_is_reported_not_raised(
         metadata = _metadata(instance, "snapchat")
     assert metadata["delivered"] == 2 and metadata["rejected"] == 1
     assert "bad click id" in str(metadata["rejected_by_reason"])
-    assert outcomes(engine, "snapchat")["p-0001"][0] == "permanent"
+    # Rejected for good: dead-lettered for that event alone, with the platform's reason.
+    assert outcomes(engine, "snapchat")["p-0001"][0] == "dead_letter"
