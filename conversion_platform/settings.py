@@ -8,6 +8,7 @@
 | `CONVERSION_PLATFORM_DESTINATIONS` | `seeds/destinations.yaml` | enabled destinations and their settings |
 | `CONVERSION_PLATFORM_ACCESS_LOG_RULES` | `seeds/access_log_rules.yaml` | URL rules turning access-log lines into conversions |
 | `CONVERSION_PLATFORM_CONSENT_REQUIRED` | `false` | `true`: unknown consent counts as denied |
+| `CONVERSION_PLATFORM_IDENTITY_RULES` | `seeds/identity.yaml` | identity graph blocklist, caps per person, click-id windows |
 | `CONVERSION_PLATFORM_DEDUPE_WINDOW_HOURS` | `168` | how long a dedupe key is remembered |
 | `CONVERSION_PLATFORM_DEDUPE_TOLERANCE_SECONDS` | `120` | event times of fingerprint copies this close are one conversion |
 | `CONVERSION_PLATFORM_DUPLICATE_RATE_RANGE` | `0,0.75` | usual duplicate rate until 12 hours of history exist |
@@ -60,6 +61,12 @@ def _seed_path(variable: str, filename: str) -> Path:
     return local if local.exists() else SEEDS_DIR / filename
 
 
+def _identity_rules_path() -> Path | None:
+    """The identity rules file; None (built-in defaults) when the seed file isn't there."""
+    path = _seed_path("CONVERSION_PLATFORM_IDENTITY_RULES", "identity.yaml")
+    return path if os.environ.get("CONVERSION_PLATFORM_IDENTITY_RULES") or path.exists() else None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings; build with `Settings.from_env()`."""
@@ -69,6 +76,7 @@ class Settings:
     logs_dir: Path
     destinations_file: Path
     access_log_rules_file: Path
+    identity_rules_file: Path | None = None
     consent_required: bool = False
     dedupe_window_hours: float = 168.0
     dedupe_tolerance_seconds: float = 120.0
@@ -91,6 +99,7 @@ class Settings:
             access_log_rules_file=_seed_path(
                 "CONVERSION_PLATFORM_ACCESS_LOG_RULES", "access_log_rules.yaml"
             ),
+            identity_rules_file=_identity_rules_path(),
             consent_required=_env_bool("CONVERSION_PLATFORM_CONSENT_REQUIRED", False),
             dedupe_window_hours=_env_float("CONVERSION_PLATFORM_DEDUPE_WINDOW_HOURS", 168.0),
             dedupe_tolerance_seconds=_env_float(
