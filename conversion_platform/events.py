@@ -277,7 +277,8 @@ def conform(
     Missing columns are added as nulls; extra columns are dropped.
     """
     dtypes = column_dtypes(columns)
-    out: dict[str, pd.Series] = {}
+    # Arrays, not Series: the result gets a fresh index without a copy of every column.
+    out: dict[str, object] = {}
     n = len(frame)
     for column in columns:
         dtype = dtypes[column]
@@ -289,10 +290,10 @@ def conform(
                     series = series.astype(TIMESTAMP_DTYPE)
                 else:
                     series = series.astype(dtype)
-            out[column] = series.reset_index(drop=True)
+            out[column] = series.array
         else:
-            out[column] = pd.Series([_MISSING.get(dtype, pd.NA)] * n, dtype=dtype)
-    return pd.DataFrame(out, columns=list(columns))
+            out[column] = pd.Series([_MISSING.get(dtype, pd.NA)] * n, dtype=dtype).array
+    return pd.DataFrame(out, columns=list(columns), index=pd.RangeIndex(n))
 
 
 #: What a missing column holds: numpy dtypes can't hold pd.NA (counts start at 0).

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from conversion_platform.store.dedupe_figures import read_hour_figures
 from conversion_platform.store.delivery_log import event_status_counts
 from conversion_platform.store.tables import quarantine
 from conversion_platform.store.timecodes import to_micros
@@ -21,6 +22,14 @@ DELIVERED_STATUSES = ("delivered", "pending_status", "validated", "dry_run")
 def _rows(partitions_dir: Path, asset: str, key: str) -> int:
     path = partitions_dir / asset / f"{key}.parquet"
     return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+
+
+def _server_side_only(partitions_dir: Path, key: str) -> int:
+    path = partitions_dir / "deduplicated_conversions" / f"{key}.parquet"
+    if not path.exists():
+        return 0
+    sources = pd.read_parquet(path, columns=["sources"])["sources"].astype("string")
+    return int((~sources.str.contains("pixel").fillna(True)).sum())
 
 
 def hourly_summary(
@@ -41,6 +50,7 @@ def hourly_summary(
             ).fetchall()
         )
     statuses = event_status_counts(engine, start, end)
+    dedupe = read_hour_figures(engine, start, end).set_index("hour_us")
     rows = []
     for key, hour in hours:
         collected = _rows(partitions_dir, "collected_conversions", key) + _rows(
@@ -51,6 +61,10 @@ def hourly_summary(
             "hour": key,
             "collected": collected,
             "duplicates_removed": collected - deduplicated,
+            # Copies of conversions an earlier hour already delivered (not sent again).
+            "late_duplicates": int(dedupe["late_duplicates"].get(to_micros(hour), 0)),
+            # Conversions the pixel never saw: what server-side collection recovered.
+            "server_side_only": _server_side_only(partitions_dir, key),
             "quarantined": int(quarantined.get(to_micros(hour), 0)),
             "valid": _rows(partitions_dir, "validated_conversions", key),
         }

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 import pytest
 import requests
 import sqlalchemy as sa
@@ -25,13 +26,13 @@ from conversion_platform import events
 from conversion_platform.destinations.base import (
     BatchOutcome,
     Destination,
+    EncodedEvents,
+    EventBatch,
     HttpRequest,
-    PreparedEvent,
     identifiers_allowed,
 )
 from conversion_platform.destinations.config import MODE_DRY_RUN, MODE_LIVE, DestinationConfig
 from conversion_platform.destinations.delivery import IDENTIFIER_COLUMNS, HourDeliverer
-from conversion_platform.destinations.fields import row_records
 from conversion_platform.destinations.meta import MetaConversionsApi
 from conversion_platform.emulator.server import running_emulator
 from conversion_platform.store.tables import delivery_events
@@ -53,29 +54,33 @@ class ConsentFlagDestination(Destination):
     accepts_consent_denied_events = True
     standard_event_names: ClassVar[dict[str, str]] = {}
 
-    def prepare_events(self, frame: pd.DataFrame, config: DestinationConfig) -> list[PreparedEvent]:
-        prepared = []
-        for record in row_records(frame):
+    def encode_events(
+        self, frame: pd.DataFrame, config: DestinationConfig, now: datetime
+    ) -> EncodedEvents:
+        pieces = []
+        for record in frame.astype(object).where(frame.notna(), None).to_dict("records"):
             identifiers = {c: record[c] for c in IDENTIFIER_COLUMNS if record.get(c) is not None}
             payload = {
                 "event_id": record["event_id"],
                 "consent": {"ad_user_data": record["consent_ad_user_data"]},
                 "user": identifiers,
             }
-            prepared.append(PreparedEvent(record["event_id"], payload))
-        return prepared
+            pieces.append(orjson.dumps(payload).decode())
+        return EncodedEvents(pa.array(pieces, type=pa.large_string()), [None] * len(pieces))
 
     def build_request(
         self,
-        payloads: list[dict[str, Any]],
+        batch: EventBatch,
         config: DestinationConfig,
         credentials: dict[str, str] | None,
         mode: str,
     ) -> HttpRequest:
-        return HttpRequest("POST", "http://127.0.0.1:9/unused", orjson.dumps({"events": payloads}))
+        return HttpRequest(
+            "POST", "http://127.0.0.1:9/unused", b'{"events":' + batch.json_array() + b"}"
+        )
 
     def classify_response(
-        self, status_code: int, body: bytes, headers: dict[str, str], event_ids: list[str]
+        self, status_code: int, body: bytes, headers: dict[str, str], batch: EventBatch
     ) -> BatchOutcome:
         raise AssertionError("dry run only")
 

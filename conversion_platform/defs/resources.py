@@ -42,6 +42,9 @@ class PlatformSettings(dg.ConfigurableResource):
     identity_rules_file: str = ""
     consent_required: bool = False
     dedupe_window_hours: float = 168.0
+    dedupe_tolerance_seconds: float = 120.0
+    duplicate_rate_low: float = 0.0
+    duplicate_rate_high: float = 0.75
     max_event_age_hours: float = 168.0
     max_invalid_rate: float = 0.10
 
@@ -74,6 +77,9 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
             identity_rules_file=str(settings.identity_rules_file or ""),
             consent_required=settings.consent_required,
             dedupe_window_hours=settings.dedupe_window_hours,
+            dedupe_tolerance_seconds=settings.dedupe_tolerance_seconds,
+            duplicate_rate_low=settings.duplicate_rate_range[0],
+            duplicate_rate_high=settings.duplicate_rate_range[1],
             max_event_age_hours=settings.max_event_age_hours,
             max_invalid_rate=settings.max_invalid_rate,
         ),
