@@ -123,7 +123,7 @@ def find_overlinked(nodes: HourNodes, rules: IdentityRules) -> np.ndarray:
             both = (rows[:, a] >= 0) & (rows[:, b] >= 0)
             if not both.any():
                 continue
-            pairs = np.unique(rows[both, a] * n + rows[both, b])
+            pairs = pd.unique(rows[both, a] * n + rows[both, b])  # hashing, not sorting
             counts = np.bincount(pairs // n, minlength=n)
             over |= counts > rules.cap(KINDS[b])
     return over
