@@ -100,7 +100,8 @@ def _measure(root: str, hour: str, size: int) -> dict[str, Any]:
     from conversion_platform.store.database import engine_for
     from conversion_platform.store.landing import read_landing_events
     from conversion_platform.transform.hourly_dedupe import deduplicate_hours
-    from conversion_platform.transform.identity import resolve_identities
+    from conversion_platform.transform.identity import resolve_hours
+    from conversion_platform.transform.identity_rules import load_identity_rules
     from conversion_platform.transform.validate import validate_conversions
 
     home = Home(Path(root))
@@ -129,7 +130,13 @@ def _measure(root: str, hour: str, size: int) -> dict[str, Any]:
     invalid = len(validation.invalid)
     del deduped
     with stages.time("identity"):
-        resolved = resolve_identities(validation.valid)
+        resolved = resolve_hours(
+            engine,
+            validation.valid,
+            [start],
+            load_identity_rules(settings.identity_rules_file),
+            settings.consent_required,
+        ).frame
     stages.rows["identity"] = len(resolved)
     del validation
 
