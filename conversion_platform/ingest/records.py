@@ -331,6 +331,17 @@ def record_to_stored_row(
         hashed["external_id_sha256"] = id_hash or hashed["external_id_sha256"]
         if reason:
             dropped[reason] += 1
+    # A digest given for one variant only stands in for the other (as in
+    # `hash_identity_columns`: which form the sender hashed is unknown).
+    for first, second in _VARIANT_PAIRS:
+        hashed[first] = hashed[first] or hashed[second]
+        hashed[second] = hashed[second] or hashed[first]
     row.update(hashed)
     row["value_verified"] = value_verified
     return row
+
+
+_VARIANT_PAIRS = (
+    ("email_sha256", "email_google_sha256"),
+    ("phone_sha256", "phone_digits_sha256"),
+)
