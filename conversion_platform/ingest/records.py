@@ -339,3 +339,4 @@ def record_to_stored_row(
     row.update(hashed)
     row["value_verified"] = value_verified
     return row
+
