@@ -363,6 +363,12 @@ def _save(conn: Connection, row: dict[str, object], *, exists: bool) -> None:
         conn.execute(delivery_retries.insert().values(**values))
 
 
+def pending_destination_hours(engine: Engine) -> dict[tuple[str, int], int]:
+    """Events still waiting for delivery per (destination, hour_us), from the delivery log."""
+    with engine.connect() as conn:
+        return {key: count for key, (count, _) in _pending(conn).items()}
+
+
 def retry_schedule(engine: Engine, destination: str | None = None) -> list[dict[str, object]]:
     """The recorded retry state of each destination-hour (for the CLI and the report)."""
     query = sa.select(delivery_retries).order_by(
