@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from conversion_platform.defs.dedupe_assets import deduplicated_conversions
 from conversion_platform.defs.delivery_assets import build_delivery_assets
 from conversion_platform.defs.freshness import build_freshness_checks
 from conversion_platform.defs.ingest_assets import collected_conversions, server_log_conversions
@@ -16,11 +17,8 @@ from conversion_platform.defs.sensors import (
     delivery_report_sensor,
     delivery_retry_job,
 )
-from conversion_platform.defs.transform_assets import (
-    deduplicated_conversions,
-    resolved_conversions,
-    validate_conversions_asset,
-)
+from conversion_platform.defs.transform_assets import resolved_conversions
+from conversion_platform.defs.validation_assets import validate_conversions_asset
 from conversion_platform.settings import Settings
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import numpy as np
 import orjson
+import pandas as pd
 
 from conversion_platform import events
 
@@ -48,6 +50,8 @@ CONVERSION_MIX = [
     (events.SUBSCRIBE, 0.04),
 ]
 SITE = "https://shop.example"
+#: Share of page views arriving from a newsletter link with the reader's email in the URL.
+NEWSLETTER_LINK_SHARE = 0.03
 
 
 @dataclass
@@ -82,6 +86,8 @@ class TrafficGenerator:
     def __init__(self, seed: int = 7, people: int = 20_000) -> None:
         self.random = random.Random(seed)
         self.people = [self._person(i) for i in range(people)]
+        # A second stream for newsletter links, so adding them left the main stream as it was.
+        self.links = random.Random(seed * 7_919 + 1)
 
     def _hex(self, n: int) -> str:
         return f"{self.random.getrandbits(n * 4):0{n}x}"
@@ -140,7 +146,7 @@ class TrafficGenerator:
                 person = r.choice(self.people)
                 mpid, ip, agent = r.choice(person.devices)
                 when = self._moment(hour)
-                traffic.pixel_events.append(self._page_view(mpid, ip, agent, when))
+                traffic.pixel_events.append(self._page_view(mpid, ip, agent, when, person))
             for _ in range(conversions_per_hour):
                 traffic.conversions += 1
                 person = r.choice(self.people)
@@ -151,7 +157,9 @@ class TrafficGenerator:
                 traffic.log_lines.append((self._moment(hour), self._broken_line()))
         return traffic
 
-    def _page_view(self, mpid: str, ip: str, agent: str, when: datetime) -> dict[str, Any]:
+    def _page_view(
+        self, mpid: str, ip: str, agent: str, when: datetime, person: Person | None = None
+    ) -> dict[str, Any]:
         r = self.random
         query: dict[str, str] = {}
         roll = r.random()
@@ -163,6 +171,10 @@ class TrafficGenerator:
             query["ttclid"] = "E.C.P." + self._hex(20)
         elif roll < 0.65:
             query["ScCid"] = self._hex(16)
+        if person is not None and self.links.random() < NEWSLETTER_LINK_SHARE:
+            # A newsletter link that carries the reader's address: a real-world leak path
+            # that ingest must scrub before anything is stored.
+            query.update({"utm_source": "newsletter", "email": person.email.strip()})
         url = f"{SITE}/products/{r.randint(1, 500)}" + (f"?{urlencode(query)}" if query else "")
         event = {
             "event_id": self._hex(32),
@@ -176,7 +188,8 @@ class TrafficGenerator:
             "fbp": f"fb.1.{int(when.timestamp() * 1000)}.{r.randint(10**9, 10**10)}",
         }
         for parameter, value in query.items():
-            event[events.CLICK_ID_PARAMETERS[parameter]] = value
+            if parameter in events.CLICK_ID_PARAMETERS:
+                event[events.CLICK_ID_PARAMETERS[parameter]] = value
         return event
 
     def _conversion(
@@ -324,3 +337,464 @@ def last_complete_hours(count: int, now: datetime | None = None) -> list[datetim
     now = now or datetime.now(UTC)
     current = now.replace(minute=0, second=0, microsecond=0)
     return [current - timedelta(hours=count - i) for i in range(count)]
+
+
+# --- bulk mode: the same traffic, vectorised ------------------------------------------------
+#
+# `TrafficGenerator` builds one Python dict per event: right for the demo and tests, far
+# too slow for the million-event hours the benchmarks need. `generate_bulk` draws the same
+# kinds of people, devices, conversions, collection paths, duplicates and broken records
+# with numpy, column by column, and returns incoming records (plaintext, as a pixel, a
+# backend or a log line sends them) as DataFrames. Same seed, same traffic.
+
+#: What the bulk generator breaks on purpose (what validation must quarantine).
+INVALID_KINDS: tuple[str, ...] = ("negative_value", "bad_currency", "bad_name", "too_old", "future")
+_BULK_COLUMNS: tuple[str, ...] = (*events.INCOMING_FIELDS, "logged_at")
+_VALUE_EVENTS = (events.PURCHASE, events.SUBSCRIBE, events.START_TRIAL)
+#: Click ids the pixel forwards from the landing URL it stored (share of pixel copies).
+_PIXEL_CLICK_IDS: tuple[tuple[str, str, float], ...] = (
+    ("gclid", "Cj0K", 0.20),
+    ("fbclid", "IwAR", 0.15),
+    ("ttclid", "E.C.P.", 0.08),
+    ("sccid", "", 0.04),
+)
+_JUNK_EMAILS = np.array(["undefined", "n/a", "not-an-email"], dtype=object)
+_COUNTRY_CURRENCY = {"US": "USD", "GB": "GBP"}
+_MICROS_PER_HOUR = 3_600_000_000
+_LATEST_RECEIPT_MICROS = 20_000_001
+
+
+@dataclass
+class People:
+    """A pool of people, one row per person, and their devices, one row per device."""
+
+    frame: (
+        pd.DataFrame
+    )  # email, phone, first_name, last_name, city, region, postal_code, country, external_id
+    device_start: np.ndarray  # first device row of each person
+    device_count: np.ndarray
+    devices: pd.DataFrame  # mpid, client_ip, user_agent
+
+
+@dataclass
+class BulkTraffic:
+    """Incoming records of one bulk generation, by collection path, plus what was made.
+
+    `pixel` and `server` carry `received_at` (what the collector stamps); `log` carries
+    `logged_at` as ISO text (what a log line holds). Times are UTC.
+    """
+
+    pixel: pd.DataFrame
+    server: pd.DataFrame
+    log: pd.DataFrame
+    conversions: int  # distinct conversions
+    seen_twice: int  # conversions reported by both the pixel and the backend
+    invalid: int  # conversions broken on purpose (both copies broken alike)
+    people: int
+
+    @property
+    def records(self) -> int:
+        return len(self.pixel) + len(self.server) + len(self.log)
+
+
+def _hex_strings(rng: np.random.Generator, count: int, digits: int) -> np.ndarray:
+    """`count` random lowercase hex strings of `digits` characters (digits even)."""
+    width = digits // 2
+    text = rng.bytes(width * count).hex()
+    return np.array([text[i : i + digits] for i in range(0, digits * count, digits)], dtype=object)
+
+
+def _pick(rng: np.random.Generator, options: list[str] | tuple[str, ...], count: int) -> np.ndarray:
+    return np.asarray(options, dtype=object)[rng.integers(0, len(options), count)]
+
+
+def _phones(rng: np.random.Generator, countries: np.ndarray) -> np.ndarray:
+    """Phone numbers written the way people type them in each country."""
+    n = len(countries)
+    a, b, c = (rng.integers(lo, hi, n) for lo, hi in ((201, 990), (200, 1000), (1000, 10000)))
+    gb_a, gb_b = rng.integers(400, 1000, n), rng.integers(100000, 1000000, n)
+    de = rng.integers(1000000, 10000000, n)
+    fr = rng.integers(10, 100, (n, 4))
+    out = np.empty(n, dtype=object)
+    for i, country in enumerate(countries):
+        if country == "GB":
+            out[i] = f"07{gb_a[i]} {gb_b[i]}"
+        elif country == "DE":
+            out[i] = f"+49 151 {de[i]}"
+        elif country == "FR":
+            out[i] = f"06 {fr[i, 0]} {fr[i, 1]} {fr[i, 2]} {fr[i, 3]}"
+        else:
+            out[i] = f"({a[i]}) {b[i]}-{c[i]}"
+    return out
+
+
+def generate_people(rng: np.random.Generator, count: int) -> People:
+    """`count` people with 1 to 3 devices each, drawn like `TrafficGenerator`'s."""
+    first = _pick(rng, FIRST_NAMES, count)
+    last = _pick(rng, LAST_NAMES, count)
+    place = rng.integers(0, len(CITIES), count)
+    cities = np.array(CITIES, dtype=object)
+    city, region, postal, country = (cities[place, i] for i in range(4))
+    locals_ = {
+        (f, la): f"{f}.{la}".lower()
+        .replace("'", "")
+        .replace(" ", "")
+        .encode("ascii", "ignore")
+        .decode()
+        for f in FIRST_NAMES
+        for la in LAST_NAMES
+    }
+    domains = _pick(rng, ["gmail.com", "example.com", "mail.example", "googlemail.com"], count)
+    email = np.array(
+        [
+            f"{locals_[(f, la)] or 'user'}{key}@{d}"
+            for key, (f, la, d) in enumerate(zip(first, last, domains, strict=True))
+        ],
+        dtype=object,
+    )
+    padded = rng.random(count) < 0.1  # padded and uppercase: normalisation's job
+    email[padded] = ["  " + e.upper() + " " for e in email[padded]]
+    frame = pd.DataFrame(
+        {
+            "email": email,
+            "phone": _phones(rng, country),
+            "first_name": first,
+            "last_name": last,
+            "city": city,
+            "region": np.where(region == "", None, region),
+            "postal_code": postal,
+            "country": country,
+            "external_id": np.array([f"cust-{k:07d}" for k in range(count)], dtype=object),
+        }
+    )
+    roll = rng.random((count, 2))
+    device_count = 1 + (roll[:, 0] < 0.3) + (roll[:, 1] < 0.1)
+    device_start = np.concatenate(([0], np.cumsum(device_count)[:-1]))
+    total = int(device_count.sum())
+    octets = rng.integers(0, 256, (total, 4))
+    octets[:, 0] = rng.integers(11, 224, total)
+    octets[:, 3] = rng.integers(1, 255, total)
+    devices = pd.DataFrame(
+        {
+            "mpid": _hex_strings(rng, total, 32),
+            "client_ip": np.array([f"{a}.{b}.{c}.{d}" for a, b, c, d in octets], dtype=object),
+            "user_agent": _pick(rng, USER_AGENTS, total),
+        }
+    )
+    return People(frame, device_start, device_count, devices)
+
+
+def _iso(micros: np.ndarray) -> np.ndarray:
+    """ISO 8601 UTC text (`...Z`) of microseconds since the epoch."""
+    return np.datetime_as_string(micros.astype("datetime64[us]"), unit="us", timezone="UTC").astype(
+        object
+    )
+
+
+def _micros(times: pd.Series) -> np.ndarray:
+    """Microseconds since the epoch of a UTC datetime series."""
+    return (
+        times.dt.tz_convert("UTC")
+        .dt.tz_localize(None)
+        .to_numpy()
+        .astype("datetime64[us]")
+        .astype(np.int64)
+    )
+
+
+def _where(mask: np.ndarray, values: np.ndarray | object) -> np.ndarray:
+    """`values` where `mask`, None elsewhere (an object column)."""
+    out = np.full(len(mask), None, dtype=object)
+    out[mask] = values[mask] if isinstance(values, np.ndarray) else values
+    return out
+
+
+def generate_bulk(
+    hours: list[datetime],
+    records_per_hour: int,
+    *,
+    seed: int = 7,
+    duplicate_share: float = 0.2,
+    invalid_share: float = 0.02,
+    log_share: float = 0.0,
+    people: int | None = None,
+) -> BulkTraffic:
+    """Incoming records of `hours`, `records_per_hour` records in each.
+
+    `duplicate_share` of the records are second copies (a conversion the pixel and the
+    backend both reported, sharing its `event_id`); `invalid_share` of the conversions
+    are broken on purpose (negative value, currency that isn't ISO 4217, bad event name,
+    event time 30 days old or 2 hours ahead); of the conversions seen once, `log_share`
+    were seen only by the server logs (JSON lines), the rest by the pixel or the backend.
+    `people` (default: a quarter of an hour's conversions) sets how often people come back.
+    """
+    rng = np.random.default_rng(seed)
+    per_hour_twice = round(records_per_hour * duplicate_share)
+    per_hour_conversions = records_per_hour - per_hour_twice
+    pool = generate_people(rng, people or max(100, per_hour_conversions // 4))
+    n = per_hour_conversions * len(hours)
+
+    hour_starts = np.array([int(h.timestamp() * 1_000_000) for h in hours], dtype=np.int64)
+    # Made early enough in the hour to be received (at most 20 s later) in it too.
+    latest = _MICROS_PER_HOUR - _LATEST_RECEIPT_MICROS
+    when = np.repeat(hour_starts, per_hour_conversions) + rng.integers(0, latest, n)
+    # Which paths saw each conversion: both, pixel only, backend only, logs only.
+    route = np.empty(n, dtype=np.int8)
+    for h in range(len(hours)):
+        block = slice(h * per_hour_conversions, (h + 1) * per_hour_conversions)
+        order = rng.permutation(per_hour_conversions)
+        single = rng.random(per_hour_conversions - per_hour_twice)
+        log_cut = log_share
+        pixel_cut = log_cut + (1 - log_share) * 0.45
+        single_route = np.where(single < log_cut, 3, np.where(single < pixel_cut, 1, 2))
+        routes = np.concatenate((np.zeros(per_hour_twice, dtype=np.int8), single_route))
+        route[block] = routes[order]
+
+    person = rng.integers(0, len(pool.frame), n)
+    device = pool.device_start[person] + rng.integers(0, 1 << 30, n) % pool.device_count[person]
+    names, weights = zip(*CONVERSION_MIX, strict=True)
+    p = np.array(weights) / sum(weights)
+    name = np.asarray(names, dtype=object)[rng.choice(len(names), n, p=p)]
+    has_value = np.isin(name, _VALUE_EVENTS)
+    value = np.round(rng.uniform(5, 400, n), 2)
+    countries = pool.frame["country"].to_numpy()[person]
+    currency = np.array([_COUNTRY_CURRENCY.get(c, "EUR") for c in countries], dtype=object)
+    consent_roll = rng.random(n)
+    consent = np.where(
+        consent_roll < 0.04,
+        events.CONSENT_DENIED,
+        np.where(consent_roll < 0.04 + 0.96 * 0.75, events.CONSENT_GRANTED, events.CONSENT_UNKNOWN),
+    ).astype(object)
+    sku = rng.integers(1, 501, n)
+    quantity = rng.integers(1, 4, n)
+    event_time = when.copy()
+    event_name = name.copy()
+    value_out = np.where(has_value, value, np.nan)
+    currency_out = _where(has_value, currency)
+
+    broken = rng.random(n) < invalid_share
+    kind = _pick(rng, INVALID_KINDS, n)
+    for label in INVALID_KINDS:
+        mask = broken & (kind == label)
+        if label == "negative_value":
+            value_out[mask] = -np.where(has_value[mask], value[mask], 10.0)
+            currency_out[mask] = currency[mask]
+        elif label == "bad_currency":
+            value_out[mask] = np.where(has_value[mask], value[mask], 10.0)
+            currency_out[mask] = "DOLLARS"
+        elif label == "bad_name":
+            event_name[mask] = "Purchase Completed!!"
+        elif label == "too_old":
+            event_time[mask] -= 30 * 24 * _MICROS_PER_HOUR
+        else:
+            event_time[mask] += 2 * _MICROS_PER_HOUR
+    is_purchase = name == events.PURCHASE
+    items = np.full(n, None, dtype=object)
+    items[has_value] = [
+        f'[{{"id":"sku-{s}","quantity":{q},"price":{v}}}]'
+        for s, q, v in zip(sku[has_value], quantity[has_value], value[has_value], strict=True)
+    ]
+    base = {
+        "event_id": _hex_strings(rng, n, 32),
+        "event_name": event_name,
+        "event_time": _iso(event_time),
+        "value": np.where(np.isnan(value_out), None, value_out.astype(object)),
+        "currency": currency_out,
+        "order_id": _where(is_purchase, np.array(["ord-" + h for h in _hex_strings(rng, n, 10)])),
+        "items": items,
+        "consent_ad_user_data": consent,
+        "consent_ad_personalization": consent,
+    }
+    people_frame = pool.frame.iloc[person].reset_index(drop=True)
+    device_frame = pool.devices.iloc[device].reset_index(drop=True)
+    pages = np.array(
+        [
+            f"{SITE}/checkout/thank-you"
+            if nm == events.PURCHASE
+            else f"{SITE}/{nm.replace('_', '-')}"
+            for nm in name
+        ],
+        dtype=object,
+    )
+
+    def frame_of(columns: dict[str, np.ndarray], rows: np.ndarray) -> pd.DataFrame:
+        # Fields a path never sends are left out (readers take absent fields as missing).
+        return pd.DataFrame({c: columns[c][rows] for c in _BULK_COLUMNS if c in columns})
+
+    pixel_columns = {
+        **base,
+        "page_url": pages,
+        "referrer": np.full(n, f"{SITE}/cart", dtype=object),
+        "mpid": device_frame["mpid"].to_numpy(),
+        "client_ip": device_frame["client_ip"].to_numpy(),
+        "user_agent": device_frame["user_agent"].to_numpy(),
+        "fbp": np.array(
+            [
+                f"fb.1.{ms}.{r}"
+                for ms, r in zip(
+                    when // 1000 - 86_400_000, rng.integers(10**9, 10**10, n), strict=True
+                )
+            ],
+            dtype=object,
+        ),
+        "email": _where(rng.random(n) < 0.15, people_frame["email"].to_numpy()),
+    }
+    for column, prefix, share in _PIXEL_CLICK_IDS:
+        pixel_columns[column] = _where(
+            rng.random(n) < share, np.array([prefix + h for h in _hex_strings(rng, n, 20)])
+        )
+    pixel_received = when + rng.integers(20_000, 900_001, n)
+
+    emails = people_frame["email"].to_numpy().copy()
+    junk = rng.random(n) < 0.02
+    emails[junk] = _pick(rng, list(_JUNK_EMAILS), int(junk.sum()))
+    server_columns = {
+        **base,
+        "email": emails,
+        "phone": _where(rng.random(n) < 0.7, people_frame["phone"].to_numpy()),
+        **{
+            c: people_frame[c].to_numpy()
+            for c in (
+                "first_name",
+                "last_name",
+                "city",
+                "region",
+                "postal_code",
+                "country",
+                "external_id",
+            )
+        },
+        "client_ip": _where(rng.random(n) < 0.6, device_frame["client_ip"].to_numpy()),
+        "user_agent": _where(rng.random(n) < 0.6, device_frame["user_agent"].to_numpy()),
+    }
+    server_received = when + rng.integers(500_000, _LATEST_RECEIPT_MICROS, n)
+    logged = when + rng.integers(1_000, 500_001, n)
+
+    pixel_rows = np.flatnonzero((route == 0) | (route == 1))
+    server_rows = np.flatnonzero((route == 0) | (route == 2))
+    log_rows = np.flatnonzero(route == 3)
+    pixel = frame_of(pixel_columns, pixel_rows)
+    pixel["received_at"] = pd.to_datetime(pixel_received[pixel_rows], unit="us", utc=True)
+    server = frame_of(server_columns, server_rows)
+    server["received_at"] = pd.to_datetime(server_received[server_rows], unit="us", utc=True)
+    log = frame_of(server_columns, log_rows)
+    log["logged_at"] = _iso(logged[log_rows])
+    return BulkTraffic(
+        pixel=pixel,
+        server=server,
+        log=log,
+        conversions=n,
+        seen_twice=int((route == 0).sum()),
+        invalid=int(broken.sum()),
+        people=len(pool.frame),
+    )
+
+
+def _broken_lines(rng: np.random.Generator, count: int) -> list[bytes]:
+    """Lines a log can hold that are not conversions: cut, not UTF-8, garbage, no time, arrays."""
+    lines = []
+    for kind, token in zip(rng.integers(0, 5, count), _hex_strings(rng, count, 8), strict=True):
+        if kind == 0:
+            lines.append(
+                b'{"event_id": "'
+                + token.encode()
+                + b'", "event_name": "purchase", "email": "someone@exa'
+            )
+        elif kind == 1:
+            lines.append(b'{"event_name": "lead", "first_name": "Ren\xe9e"}')
+        elif kind == 2:
+            lines.append(b"\x00\x01 GET /?? garbage ###")
+        elif kind == 3:
+            lines.append(
+                orjson.dumps({"event_id": token, "event_name": "lead", "email": "x@example.com"})
+            )
+        else:
+            lines.append(b'["not", "an", "object"]')
+    return lines
+
+
+def _json_fragments(name: str, values: np.ndarray) -> list[bytes]:
+    """`"name":<value as JSON>` for each value (empty for missing ones); `items` is JSON text."""
+    key = orjson.dumps(name) + b":"
+    if name == "items":
+        return [key + v.encode() if isinstance(v, str) else b"" for v in values]
+    missing = pd.isna(values)
+    uniques = pd.unique(values[~missing])
+    if len(uniques) < len(values) // 4:
+        encoded = {u: key + orjson.dumps(u) for u in uniques}
+        return [b"" if m else encoded[v] for v, m in zip(values, missing, strict=True)]
+    dumps = orjson.dumps
+    return [b"" if m else key + dumps(v) for v, m in zip(values, missing, strict=True)]
+
+
+def json_lines_of(frame: pd.DataFrame, logged_at: np.ndarray) -> list[bytes]:
+    """One JSON object line per row of incoming records, missing fields left out.
+
+    `logged_at` is the ISO text each line is stamped with; `items` (JSON text in the frame)
+    is written as the array it holds.
+    """
+    columns = [c for c in frame.columns if c not in ("received_at", "logged_at")]
+    parts = [_json_fragments(c, frame[c].to_numpy(dtype=object)) for c in columns]
+    parts.append(_json_fragments("logged_at", np.asarray(logged_at, dtype=object)))
+    return [b"{" + b",".join([p for p in row if p]) + b"}" for row in zip(*parts, strict=True)]
+
+
+def write_bulk_json_log(
+    traffic: BulkTraffic,
+    path: Path,
+    *,
+    include_collected: bool = True,
+    broken_share: float = 0.005,
+    seed: int = 7,
+    compress: bool = False,
+) -> dict[str, int]:
+    """Write `traffic` as one JSON-lines server log, in log-time order, with broken lines.
+
+    With `include_collected` the pixel's and the backend's copies are logged too (a site
+    whose servers log every event they receive), so the log holds the duplicates.
+    Returns the line counts by kind.
+    """
+    rng = np.random.default_rng(seed + 1)
+    frames = [traffic.log]
+    if include_collected:
+        frames = [traffic.pixel, traffic.server, traffic.log]
+    lines: list[bytes] = []
+    stamps: list[np.ndarray] = []
+    for frame in frames:
+        if frame.empty:
+            continue
+        if "received_at" in frame.columns and frame["received_at"].notna().all():
+            micros = _micros(frame["received_at"])
+        else:
+            micros = (
+                pd.to_datetime(frame["logged_at"], utc=True)
+                .to_numpy()
+                .astype("datetime64[us]")
+                .astype(np.int64)
+            )
+        lines.extend(json_lines_of(frame, _iso(micros)))
+        stamps.append(micros)
+    order = np.argsort(
+        np.concatenate(stamps) if stamps else np.array([], dtype=np.int64), kind="stable"
+    )
+    records = len(lines)
+    broken = _broken_lines(rng, int(records * broken_share))
+    # A broken line sits between two readable ones, so it belongs to their hour.
+    slots = np.sort(rng.integers(1, max(2, records), len(broken)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as handle:  # type: ignore[operator]
+        b = 0
+        chunk: list[bytes] = []
+        for position, index in enumerate(order):
+            while b < len(broken) and slots[b] == position:
+                chunk.append(broken[b])
+                b += 1
+            chunk.append(lines[index])
+            if len(chunk) >= 50_000:
+                handle.write(b"\n".join(chunk) + b"\n")
+                chunk = []
+        chunk.extend(broken[b:])
+        if chunk:
+            handle.write(b"\n".join(chunk) + b"\n")
+    return {"records": records, "broken": len(broken)}

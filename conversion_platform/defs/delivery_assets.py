@@ -11,6 +11,7 @@ from conversion_platform.destinations.config import DestinationConfig
 from conversion_platform.destinations.delivery import HourDeliverer, HourDelivery
 from conversion_platform.destinations.http_client import new_session
 from conversion_platform.destinations.registry import destination_for
+from conversion_platform.destinations.request_status import StatusPolling, resolve_pending_requests
 from conversion_platform.operations.circuits import hold_reason
 from conversion_platform.operations.dead_letters import dead_letter_rejected
 
@@ -28,7 +29,9 @@ def _figures(report: HourDelivery) -> dict[str, float | int]:
     return {
         "eligible": report.eligible,
         "sent": report.sent,
+        "accepted": report.delivered + report.awaiting_status,
         "delivered": report.delivered,
+        "awaiting_status": report.awaiting_status,
         "rejected": report.rejected_total,
         "expired": report.expired,
         "filtered": report.filtered,
@@ -39,9 +42,20 @@ def _figures(report: HourDelivery) -> dict[str, float | int]:
     }
 
 
+def _status_figures(before: StatusPolling, after: StatusPolling) -> dict[str, int]:
+    """Per-event outcomes the platform reported later, for requests of this or earlier runs."""
+    return {
+        "status_requests_resolved": before.resolved + after.resolved,
+        "status_events_delivered": before.events_delivered + after.events_delivered,
+        "status_events_rejected": before.events_rejected + after.events_rejected,
+        "status_events_unconfirmed": before.events_unconfirmed + after.events_unconfirmed,
+        "status_requests_processing": after.processing,
+    }
+
+
 def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
     """The partitioned delivery asset `delivery/<name>` for one configured destination."""
-    destination = destination_for(config.platform)
+    destination = destination_for(config.platform, config.settings)
 
     @dg.asset(
         name=config.name,
@@ -79,6 +93,8 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         engine = database.engine()
         session = new_session()
+        # Outcomes the platform reports later (Google) for requests of earlier runs.
+        polled_before = resolve_pending_requests(engine, destination, config, session)
         deliverer = HourDeliverer(
             engine,
             destination,
@@ -111,6 +127,7 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
                         asset_key=context.asset_key, partition=key, metadata=_figures(report)
                     )
                 )
+        polled_after = resolve_pending_requests(engine, destination, config, session)
         session.close()
         totals: dict[str, float] = {}
         for _, report in reports:
@@ -128,6 +145,7 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
         metadata: dict[str, object] = {
             **{k: (float(v) if isinstance(v, float) else int(v)) for k, v in totals.items()},
             "mode": reports[0][1].mode if reports else config.effective_mode(),
+            "platform": destination.platform,
             "per_hour": dg.MetadataValue.md(
                 markdown_table([{"hour": k, **_figures(r)} for k, r in reports])
             ),
@@ -140,6 +158,8 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
                 )
             ),
         }
+        if destination.reports_status_later:
+            metadata.update(_status_figures(polled_before, polled_after))
         outbox = [r.outbox_file for _, r in reports if r.outbox_file]
         if outbox:
             metadata["outbox"] = dg.MetadataValue.path(outbox[-1])

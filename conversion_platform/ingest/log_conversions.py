@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
 from conversion_platform import events
 from conversion_platform.ingest.access_log import AccessLogRule
-from conversion_platform.ingest.records import RecordError, coerce_record, records_to_frame
-from conversion_platform.ingest.server_logs import read_logs_for_hours
+from conversion_platform.ingest.record_columns import coerce_records, concat_coerced, stored_frame
+from conversion_platform.ingest.server_logs import scan_logs_for_hours
 from conversion_platform.store.quarantine import STAGE_PARSE, QuarantinedRecord
 from conversion_platform.transform.normalise import redact
 
@@ -27,56 +28,105 @@ class LogIngestResult:
     files_read: list[str]
     per_hour: dict[datetime, dict[str, int]] = field(default_factory=dict)
     dropped_identifiers: Counter[str] = field(default_factory=Counter)
+    #: identity values dropped (unusable), per hour and reason
+    dropped_by_hour: dict[datetime, Counter[str]] = field(default_factory=dict)
+
+
+def _hour(nanos: int) -> datetime:
+    return datetime.fromtimestamp(nanos // 1_000_000_000, tz=UTC)
 
 
 def ingest_server_logs(
     engine: Engine, logs_dir: Path, rules: list[AccessLogRule], hours: list[datetime]
 ) -> LogIngestResult:
-    """Parse, check and hash the log lines of `hours`; failed lines become quarantine records."""
-    buckets, files_read = read_logs_for_hours(engine, logs_dir, rules, hours)
-    coerced: list[dict] = []
-    hour_of: list[datetime] = []
-    quarantined: list[QuarantinedRecord] = []
-    per_hour: dict[datetime, dict[str, int]] = {}
-    for hour in hours:
-        bucket = buckets[hour]
-        figures = {"lines_parsed": 0, "lines_quarantined": 0, "lines_ignored": bucket.ignored}
-        for line in bucket.failed:
-            quarantined.append(
+    """Parse, check and hash the log lines of `hours`; failed lines become quarantine records.
+
+    Records are checked a chunk of lines at a time, column by column
+    (`record_columns.coerce_records`), with `coerce_record`'s reasons for the ones refused.
+    """
+    scan = scan_logs_for_hours(engine, logs_dir, rules, hours)
+    per_hour = {
+        hour: {
+            "lines_parsed": 0,
+            "lines_quarantined": len(scan.failed.get(hour, [])),
+            "lines_ignored": scan.ignored.get(hour, 0),
+        }
+        for hour in hours
+    }
+    quarantined_by_hour: dict[datetime, list[QuarantinedRecord]] = {
+        hour: [
+            QuarantinedRecord(
+                stage=STAGE_PARSE,
+                source=events.SOURCE_LOG,
+                hour=hour,
+                origin=line.origin,
+                reason=line.error or "unreadable",
+                raw_redacted=redact(line.raw),
+            )
+            for line in scan.failed.get(hour, [])
+        ]
+        for hour in hours
+    }
+    frames: list[pd.DataFrame] = []
+    hour_parts: list[np.ndarray] = []
+    for chunk in scan.chunks:
+        logged = pd.Series(np.asarray(chunk.logged_ns, dtype="datetime64[ns]")).dt.tz_localize(
+            "UTC"
+        )
+        coerced = coerce_records(chunk.records, events.SOURCE_LOG, logged)
+        hours_ns = chunk.hours_ns()
+        for position, reason in coerced.failures:
+            record = chunk.records[position]
+            hour = _hour(int(hours_ns[position]))
+            quarantined_by_hour[hour].append(
                 QuarantinedRecord(
                     stage=STAGE_PARSE,
                     source=events.SOURCE_LOG,
                     hour=hour,
-                    origin=line.origin,
-                    reason=line.error or "unreadable",
-                    raw_redacted=redact(line.raw),
+                    origin=f"{chunk.path}:{chunk.line_numbers[position]}",
+                    reason=reason,
+                    raw_redacted=redact(chunk.raw_text(position)),
+                    event_id=str(record.get("event_id"))[:200] if record.get("event_id") else None,
+                    event_name=str(record.get("event_name"))[:100]
+                    if record.get("event_name")
+                    else None,
                 )
             )
-            figures["lines_quarantined"] += 1
-        for line, record in bucket.records:
-            try:
-                coerced.append(coerce_record(record, events.SOURCE_LOG, received_at=line.logged_at))
-            except RecordError as exc:
-                quarantined.append(
-                    QuarantinedRecord(
-                        stage=STAGE_PARSE,
-                        source=events.SOURCE_LOG,
-                        hour=hour,
-                        origin=line.origin,
-                        reason=str(exc),
-                        raw_redacted=redact(line.raw),
-                        event_id=str(record.get("event_id"))[:200]
-                        if record.get("event_id")
-                        else None,
-                        event_name=str(record.get("event_name"))[:100]
-                        if record.get("event_name")
-                        else None,
-                    )
-                )
-                figures["lines_quarantined"] += 1
-                continue
-            hour_of.append(hour)
-            figures["lines_parsed"] += 1
-        per_hour[hour] = figures
-    frame, dropped = records_to_frame(coerced, hour_of=hour_of)
-    return LogIngestResult(frame, quarantined, files_read, per_hour, dropped)
+            per_hour[hour]["lines_quarantined"] += 1
+        kept_hours = hours_ns[coerced.positions]
+        for hour_ns, count in zip(*np.unique(kept_hours, return_counts=True), strict=True):
+            per_hour[_hour(int(hour_ns))]["lines_parsed"] += int(count)
+        frames.append(coerced.frame)
+        hour_parts.append(kept_hours)
+        chunk.records = []  # the dicts are done with: free them before the next chunk's
+    if frames:
+        coerced_frame = concat_coerced(frames)
+        hour_ns = np.concatenate(hour_parts)
+        # In hour order, and within an hour in file and line order.
+        order = np.argsort(hour_ns, kind="stable")
+        if not (order == np.arange(len(order))).all():
+            coerced_frame = concat_coerced([coerced_frame.take(order).reset_index(drop=True)])
+            hour_ns = hour_ns[order]
+        hour_of = pd.Series(hour_ns.astype("datetime64[ns]")).dt.tz_localize("UTC")
+    else:
+        coerced_frame = coerce_records([], events.SOURCE_LOG, []).frame
+        hour_of = pd.Series([], dtype="datetime64[ns, UTC]")
+    # Hour by hour (usually one), so dropped identity values count in the hour they arrived.
+    parts: list[pd.DataFrame] = []
+    dropped_by_hour: dict[datetime, Counter[str]] = {}
+    hour_values = hour_of.to_numpy()
+    boundaries = np.flatnonzero(hour_values[1:] != hour_values[:-1]) + 1 if len(hour_values) else []
+    for positions in np.split(np.arange(len(hour_values)), boundaries) if len(hour_values) else []:
+        part, dropped_here = stored_frame(
+            coerced_frame.iloc[positions].reset_index(drop=True),
+            hour_of=hour_of.iloc[positions].reset_index(drop=True),
+        )
+        dropped_by_hour[pd.Timestamp(hour_of.iloc[positions[0]]).to_pydatetime()] = dropped_here
+        parts.append(part)
+    if parts:
+        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    else:
+        frame, _ = stored_frame(coerced_frame, hour_of=hour_of)
+    dropped = sum(dropped_by_hour.values(), Counter())
+    quarantined = [q for hour in hours for q in quarantined_by_hour[hour]]
+    return LogIngestResult(frame, quarantined, scan.files_read, per_hour, dropped, dropped_by_hour)

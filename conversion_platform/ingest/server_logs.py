@@ -9,29 +9,20 @@ line), so it is quarantined exactly once however many hours run.
 
 from __future__ import annotations
 
-import gzip
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from conversion_platform.ingest.access_log import (
-    AccessLogError,
-    AccessLogRule,
-    parse_access_log_line,
-)
-from conversion_platform.ingest.json_lines import JsonLineError, parse_json_line
+from conversion_platform.ingest.access_log import AccessLogRule
+from conversion_platform.ingest.log_chunks import FailedLine, LogChunk, read_log_chunks
 from conversion_platform.store.tables import log_file_index
-from conversion_platform.store.timecodes import from_micros, now_micros, to_micros
-
-_GZIP_MAGIC = b"\x1f\x8b"
-_MAX_LINE_BYTES = 1_000_000
+from conversion_platform.store.timecodes import from_micros, now_micros
 
 
 @dataclass(frozen=True)
@@ -71,132 +62,115 @@ def list_log_files(logs_dir: Path) -> list[Path]:
     return sorted(files)
 
 
-def _raw_lines(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
-    """(line number, bytes, error) for each line; a truncated gzip ends with an error."""
-    with path.open("rb") as probe:
-        compressed = probe.read(2) == _GZIP_MAGIC
-    opener = gzip.open if compressed else open
-    number = 0
-    try:
-        with opener(path, "rb") as handle:  # type: ignore[operator]
-            for number, line in enumerate(handle, start=1):
-                yield number, line, None
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-        yield (
-            number + 1,
-            None,
-            f"unreadable compressed data after line {number}: {type(exc).__name__}",
-        )
+@dataclass
+class LogScan:
+    """What the files that can hold a window of hours hold for it, each file parsed once."""
+
+    chunks: list[LogChunk] = field(default_factory=list)  # records of the window's hours only
+    failed: dict[datetime, list[LogLine]] = field(default_factory=dict)
+    ignored: dict[datetime, int] = field(default_factory=dict)
+    files_read: list[str] = field(default_factory=list)
 
 
-def read_log_lines(path: Path, rules: list[AccessLogRule]) -> Iterator[LogLine]:
-    """Parse each line of one file (JSON object lines and combined access-log lines)."""
-    name = str(path)
-    for number, data, stream_error in _raw_lines(path):
-        if stream_error is not None or data is None:
-            yield LogLine(name, number, None, None, stream_error or "unreadable", "")
-            continue
-        if len(data) > _MAX_LINE_BYTES:
-            yield LogLine(name, number, None, None, f"line longer than {_MAX_LINE_BYTES} bytes", "")
-            continue
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raw = data.decode("utf-8", errors="replace").rstrip("\r\n")
-            yield LogLine(name, number, None, None, "not valid UTF-8", raw)
-            continue
-        text = text.rstrip("\r\n")
-        stripped = text.lstrip()
-        if not stripped:
-            continue  # blank lines carry nothing
-        try:
-            if stripped.startswith("{"):
-                logged_at, record = parse_json_line(stripped)
-            else:
-                logged_at, maybe_record = parse_access_log_line(stripped, rules)
-                if maybe_record is None:
-                    yield LogLine(name, number, logged_at.astimezone(UTC), None, None, "")
-                    continue
-                record = maybe_record
-        except (JsonLineError, AccessLogError) as exc:
-            yield LogLine(name, number, None, None, str(exc), text)
-            continue
-        yield LogLine(name, number, logged_at.astimezone(UTC), record, None, text)
+def _hour_of_ns(nanos: int) -> datetime:
+    return datetime.fromtimestamp(nanos // 1_000_000_000, tz=UTC)
 
 
-def _hour_of(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
-
-
-def lines_by_hour(path: Path, rules: list[AccessLogRule]) -> Iterator[tuple[datetime, LogLine]]:
-    """Each line with the hour it belongs to (failed lines take their neighbour's hour)."""
-    pending_failed: list[LogLine] = []
-    last_hour: datetime | None = None
-    for line in read_log_lines(path, rules):
-        if line.logged_at is None:
-            if last_hour is None:
-                pending_failed.append(line)  # wait for the file's first readable line
-            else:
-                yield last_hour, line
-            continue
-        last_hour = _hour_of(line.logged_at)
-        for failed in pending_failed:
-            yield last_hour, failed
-        pending_failed.clear()
-        yield last_hour, line
-    if pending_failed:
-        # No readable line at all: the file's modification hour is the best we know.
-        fallback = _hour_of(datetime.fromtimestamp(path.stat().st_mtime, tz=UTC))
-        for failed in pending_failed:
-            yield fallback, failed
-
-
-def _scan_time_range(
-    path: Path, rules: list[AccessLogRule]
-) -> tuple[datetime | None, datetime | None, int]:
-    first: datetime | None = None
-    last: datetime | None = None
-    count = 0
-    for hour, _line in lines_by_hour(path, rules):
-        count += 1
-        first = hour if first is None or hour < first else first
-        last = hour if last is None or hour > last else last
-    return first, last, count
-
-
-def refresh_log_index(
-    engine: Engine, files: list[Path], rules: list[AccessLogRule]
-) -> dict[str, tuple[datetime | None, datetime | None]]:
-    """Bring the index up to date for `files` (rescanning those whose size or mtime changed).
-
-    Returns each file's (first hour, last hour) range.
-    """
+def _known_ranges(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
-        known = {row.path: row for row in conn.execute(sa.select(log_file_index)).fetchall()}
-    ranges: dict[str, tuple[datetime | None, datetime | None]] = {}
+        return {row.path: row for row in conn.execute(sa.select(log_file_index)).fetchall()}
+
+
+def scan_logs_for_hours(
+    engine: Engine, logs_dir: Path, rules: list[AccessLogRule], hours: list[datetime]
+) -> LogScan:
+    """Parse every file that can hold one of `hours`, keeping what belongs to them.
+
+    The file index says which files can: a file it knows unchanged (same size and mtime)
+    whose range misses the window is not opened. A new or changed file is parsed once,
+    for the window and for the index together.
+    """
+    scan = LogScan(failed={hour: [] for hour in hours}, ignored=dict.fromkeys(hours, 0))
+    if not hours:
+        return scan
+    window_start, window_end = min(hours), max(hours)
+    wanted = np.array(sorted(_ns(h) for h in hours), dtype=np.int64)
+    known = _known_ranges(engine)
     updates: list[dict[str, Any]] = []
-    for path in files:
+    for path in list_log_files(logs_dir):
         stat = path.stat()
         row = known.get(str(path))
-        if row is not None and row.size_bytes == stat.st_size and row.mtime_ns == stat.st_mtime_ns:
-            ranges[str(path)] = (
-                from_micros(row.first_time_us) if row.first_time_us is not None else None,
-                from_micros(row.last_time_us) if row.last_time_us is not None else None,
-            )
-            continue
-        first, last, count = _scan_time_range(path, rules)
-        ranges[str(path)] = (first, last)
-        updates.append(
-            {
-                "path": str(path),
-                "size_bytes": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-                "first_time_us": to_micros(first) if first else None,
-                "last_time_us": to_micros(last) if last else None,
-                "lines": count,
-                "indexed_at_us": now_micros(),
-            }
+        fresh = (
+            row is not None and row.size_bytes == stat.st_size and row.mtime_ns == stat.st_mtime_ns
         )
+        if fresh and (
+            row.first_time_us is None
+            or row.last_time_us is None
+            or from_micros(row.last_time_us) < window_start
+            or from_micros(row.first_time_us) > window_end
+        ):
+            continue
+        first: int | None = None
+        last: int | None = None
+        lines = 0
+        failed: list[FailedLine] = []
+        holds_window = False
+        for chunk in read_log_chunks(path, rules):
+            hours_ns = chunk.hours_ns()
+            stamps = [hours_ns, np.asarray(chunk.ignored_hours_ns, dtype=np.int64)]
+            for stamp in stamps:
+                if len(stamp):
+                    low, high = int(stamp.min()), int(stamp.max())
+                    first = low if first is None else min(first, low)
+                    last = high if last is None else max(last, high)
+            lines += len(chunk.records) + len(chunk.ignored_hours_ns) + len(chunk.failed)
+            failed.extend(chunk.failed)
+            for stamp in chunk.ignored_hours_ns:
+                hour = _hour_of_ns(stamp)
+                if hour in scan.ignored:
+                    scan.ignored[hour] += 1
+                    holds_window = True
+            keep = np.isin(hours_ns, wanted)
+            if keep.any():
+                holds_window = True
+                if not keep.all():
+                    index = np.flatnonzero(keep).tolist()
+                    chunk.records = [chunk.records[i] for i in index]
+                    chunk.line_numbers = [chunk.line_numbers[i] for i in index]
+                    chunk.logged_ns = [chunk.logged_ns[i] for i in index]
+                    chunk.raws = [chunk.raws[i] for i in index]
+                chunk.failed = []
+                chunk.ignored_hours_ns = []
+                scan.chunks.append(chunk)
+        failed.sort(key=lambda line: line.line_number)
+        for line in failed:  # their hours are known once the whole file is read
+            first = line.hour_ns if first is None else min(first, line.hour_ns)
+            last = line.hour_ns if last is None else max(last, line.hour_ns)
+            hour = _hour_of_ns(line.hour_ns)
+            if hour in scan.failed:
+                holds_window = True
+                scan.failed[hour].append(
+                    LogLine(str(path), line.line_number, None, None, line.reason, line.raw)
+                )
+        if holds_window or (
+            first is not None
+            and last is not None
+            and _hour_of_ns(last) >= window_start
+            and _hour_of_ns(first) <= window_end
+        ):
+            scan.files_read.append(str(path))
+        if not fresh:
+            updates.append(
+                {
+                    "path": str(path),
+                    "size_bytes": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns,
+                    "first_time_us": first // 1_000 if first is not None else None,
+                    "last_time_us": last // 1_000 if last is not None else None,
+                    "lines": lines,
+                    "indexed_at_us": now_micros(),
+                }
+            )
     if updates:
         with engine.begin() as conn:
             conn.execute(
@@ -205,39 +179,41 @@ def refresh_log_index(
                 )
             )
             conn.execute(log_file_index.insert(), updates)
-    return ranges
+    return scan
+
+
+def _ns(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1_000
+
+
+def _hour_of(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 def read_logs_for_hours(
     engine: Engine, logs_dir: Path, rules: list[AccessLogRule], hours: list[datetime]
 ) -> tuple[dict[datetime, HourOfLogs], list[str]]:
-    """Lines of every file that can hold one of `hours`, bucketed by hour.
+    """Lines of every file that can hold one of `hours`, bucketed by hour, one `LogLine` each.
 
-    Each file is parsed once for the whole window. Returns the buckets and the files read.
+    Returns the buckets and the files read. (Ingest itself works on `scan_logs_for_hours`'
+    chunks; this per-line view is for inspecting a window.)
     """
+    scan = scan_logs_for_hours(engine, logs_dir, rules, hours)
     buckets = {hour: HourOfLogs() for hour in hours}
-    if not hours:
-        return buckets, []
-    window_start, window_end = min(hours), max(hours)
-    files = list_log_files(logs_dir)
-    ranges = refresh_log_index(engine, files, rules)
-    read: list[str] = []
-    for path in files:
-        first, last = ranges[str(path)]
-        if first is None or last is None or last < window_start or first > window_end:
-            continue
-        read.append(str(path))
-        for hour, line in lines_by_hour(path, rules):
-            bucket = buckets.get(hour)
-            if bucket is None:
-                continue
-            if line.error is not None:
-                bucket.failed.append(line)
-            elif line.record is None:
-                bucket.ignored += 1
-            else:
-                bucket.records.append((line, line.record))
-    return buckets, read
+    for hour in hours:
+        buckets[hour].failed = scan.failed.get(hour, [])
+        buckets[hour].ignored = scan.ignored.get(hour, 0)
+    for chunk in scan.chunks:
+        for i, record in enumerate(chunk.records):
+            stamp = chunk.logged_ns[i]
+            logged_at = datetime.fromtimestamp(stamp // 1_000_000_000, tz=UTC).replace(
+                microsecond=(stamp % 1_000_000_000) // 1_000
+            )
+            line = LogLine(
+                chunk.path, chunk.line_numbers[i], logged_at, record, None, chunk.raw_text(i)
+            )
+            buckets[_hour_of(logged_at)].records.append((line, record))
+    return buckets, scan.files_read
 
 
 def hours_in(start: datetime, end: datetime) -> list[datetime]:

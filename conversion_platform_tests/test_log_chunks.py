@@ -1,0 +1,90 @@
+"""Server-log files read a chunk of lines at a time (`ingest.log_chunks`): chunk and block
+boundaries change nothing (records, line numbers, failed lines and the hour each belongs
+to), and one pass over a file both indexes it and reads the window."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from conversion_platform.ingest import log_chunks
+from conversion_platform.ingest.log_conversions import ingest_server_logs
+from conversion_platform.store.tables import log_file_index
+
+H10 = datetime(2026, 3, 2, 10, tzinfo=UTC)
+
+
+def _lines() -> list[bytes]:
+    lines = [b"garbage before anything readable"]
+    for i in range(60):
+        moment = H10 + timedelta(minutes=2 * i)  # hours 10 and 11
+        lines.append(
+            orjson.dumps(
+                {"event_id": f"e{i}", "event_name": "lead", "event_time": moment.isoformat()}
+            )
+        )
+        if i % 7 == 3:
+            lines.append(b'{"event_id": "cut", "event_name": "lead", "ev')
+        if i % 11 == 5:
+            lines.append(b'{"event_id": "x", "event_name": "lead"}')  # no time at all
+    return lines
+
+
+def _chunks(path: Path) -> list[log_chunks.LogChunk]:
+    return list(log_chunks.read_log_chunks(path, []))
+
+
+def _summary(chunks: list[log_chunks.LogChunk]) -> tuple[list, list]:
+    records = [
+        (n, r["event_id"], t)
+        for c in chunks
+        for n, r, t in zip(c.line_numbers, c.records, c.logged_ns, strict=True)
+    ]
+    failed = sorted((f.line_number, f.reason, f.hour_ns) for c in chunks for f in c.failed)
+    return records, failed
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_chunk_and_block_sizes_change_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: bool
+) -> None:
+    path = tmp_path / "app.log"
+    data = b"\n".join(_lines()) + b"\n"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    whole = _summary(_chunks(path))
+    monkeypatch.setattr(log_chunks, "CHUNK_LINES", 3)
+    monkeypatch.setattr(log_chunks, "_BLOCK_BYTES", 97)
+    assert _summary(_chunks(path)) == whole
+    records, failed = whole
+    assert len(records) == 60
+    first_hour = int(H10.timestamp()) * 1_000_000_000
+    # The leading garbage takes the hour of the file's first readable line.
+    assert failed[0][:2] == (1, "not a combined access-log line")
+    assert failed[0][2] == first_hour
+    # A failed line takes the hour of the readable line before it.
+    by_number = {n: t - t % 3_600_000_000_000 for n, _, t in records}
+    for number, _reason, hour in failed[1:]:
+        before = max(n for n in by_number if n < number)
+        assert hour == by_number[before]
+
+
+def test_one_pass_indexes_the_file_and_reads_the_window(engine, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "app.log").write_bytes(b"\n".join(_lines()) + b"\n")
+    result = ingest_server_logs(engine, logs, [], [H10])
+    assert sorted(result.frame["event_id"]) == sorted(f"e{i}" for i in range(30))
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(log_file_index)).one()
+    assert row.first_time_us == int(H10.timestamp()) * 1_000_000
+    assert row.last_time_us == int((H10 + timedelta(hours=1)).timestamp()) * 1_000_000
+    assert row.lines == len(_lines())
+    # Every broken line of hour 10 is quarantined once, with its line number.
+    reasons = sorted(q.reason for q in result.quarantined)
+    assert reasons.count("event_time is missing") == 3
+    assert "not a combined access-log line" in reasons

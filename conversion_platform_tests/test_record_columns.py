@@ -1,0 +1,203 @@
+"""Column-wise record coercion (`ingest.record_columns`) against the per-record rules
+(`records.coerce_record`): the same records kept with the same values, the same records
+refused with the same reasons, for plain and tricky input alike."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conversion_platform import events
+from conversion_platform.ingest.record_columns import (
+    coerce_record_frame,
+    coerce_records,
+    stored_frame,
+)
+from conversion_platform.ingest.records import (
+    _RECORD_FIELDS,
+    RecordError,
+    coerce_record,
+    records_to_frame,
+)
+
+RECEIVED = datetime(2026, 3, 2, 10, tzinfo=UTC)
+
+_TEXT = st.one_of(
+    st.none(),
+    st.sampled_from(
+        ["", "  ", " a ", "abc", "ÉCOLE", "Purchase ", "\u00a0x\u00a0", "\x1cy", "x" * 5000]
+    ),
+    st.text(max_size=12),
+    st.integers(-5, 5),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.just([]),
+    st.just({}),
+)
+_TIMES = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            "2026-03-02T10:00:00+00:00",
+            "2026-03-02T10:00:00Z",
+            "2026-03-02 10:00:00.5+01:00",
+            "2026-03-02T10:00:00.123456-05:30",
+            "2026-03-02T10:00:00",
+            "yesterday",
+            "2026-02-30T10:00:00Z",
+            " 2026-03-02T10:00:00Z",
+            "2026-03-02T10:00:00.1234567+00:00",
+            "3000-01-01T00:00:00Z",
+            "2026-03-02T23:59:60Z",
+        ]
+    ),
+    st.integers(1_700_000_000, 1_800_000_000_000),
+    st.floats(allow_nan=True),
+    st.booleans(),
+)
+_VALUES = st.one_of(
+    st.none(), st.sampled_from(["", "4.5", "x"]), st.floats(), st.integers(-10, 10), st.booleans()
+)
+_ITEMS = st.one_of(
+    st.none(),
+    st.sampled_from(["", "[]", '[{"id":"a"}]', "notjson", "[1]"]),
+    st.just([]),
+    st.just([{"id": 1, "quantity": 2}]),
+    st.just([1]),
+)
+_CONSENT = st.one_of(
+    st.none(), st.sampled_from(["", " ", "granted", "DENIED", " yes ", "maybe", "0"]), st.booleans()
+)
+_RECORD = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_id": _TEXT,
+        "event_name": st.one_of(_TEXT, st.sampled_from(["purchase", " Lead ", "sign_up"])),
+        "event_time": _TIMES,
+        "email": _TEXT,
+        "phone": _TEXT,
+        "currency": _TEXT,
+        "action_source": _TEXT,
+        "mpid": _TEXT,
+        "country": _TEXT,
+        "email_sha256": _TEXT,
+        "value": _VALUES,
+        "items": _ITEMS,
+        "consent_ad_user_data": _CONSENT,
+        "unknown_field": _TEXT,
+    },
+)
+
+
+def _expected(records: list[Any], default: bool) -> tuple[dict[int, dict], dict[int, str]]:
+    kept, refused = {}, {}
+    for i, record in enumerate(records):
+        received = RECEIVED + timedelta(seconds=i)
+        try:
+            coerced = coerce_record(
+                record,
+                "pixel",
+                received_at=received,
+                default_event_time=received if default else None,
+            )
+        except RecordError as exc:
+            refused[i] = str(exc)
+            continue
+        try:
+            pd.Timestamp(coerced["event_time"]).as_unit("ns")
+        except (OverflowError, pd.errors.OutOfBoundsDatetime):
+            refused[i] = "event_time is out of range"
+            continue
+        kept[i] = coerced
+    return kept, refused
+
+
+def _same(got: Any, expected: Any, field: str) -> bool:
+    if field in events.TIMESTAMP_COLUMNS:
+        return pd.Timestamp(got) == pd.Timestamp(expected)
+    if field == "value":
+        return (expected is None and math.isnan(got)) or got == expected
+    return got == expected
+
+
+def _check(records: list[Any], default: bool) -> None:
+    received = [RECEIVED + timedelta(seconds=i) for i in range(len(records))]
+    result = coerce_records(records, "pixel", received, default_event_time=default)
+    kept, refused = _expected(records, default)
+    assert dict(result.failures) == refused
+    assert list(result.positions) == sorted(kept)
+    for row, position in enumerate(result.positions):
+        for field in _RECORD_FIELDS:
+            got = result.frame[field].iloc[row]
+            assert _same(got, kept[position][field], field), (position, field, got)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.one_of(_RECORD, st.just(["not", "an", "object"])), max_size=40), st.booleans())
+def test_columns_agree_with_coerce_record(records: list[Any], default: bool) -> None:
+    _check(records, default)
+
+
+def test_plain_records_take_the_fast_path_and_agree() -> None:
+    records = [
+        {
+            "event_id": f"e{i}",
+            "event_name": "Purchase" if i % 2 else "lead",
+            "event_time": f"2026-03-02T10:{i % 60:02d}:00Z",
+            "email": f" Person{i}@Example.com ",
+            "value": 10.5 + i,
+            "currency": "eur",
+            "items": [{"id": "sku", "quantity": 1, "price": 1.5}],
+            "consent_ad_user_data": "granted",
+        }
+        for i in range(500)
+    ]
+    _check(records, default=False)
+
+
+def test_frame_input_treats_nan_as_absent_and_pixel_times_default_to_received() -> None:
+    frame = pd.DataFrame(
+        {
+            "event_id": ["a", "b"],
+            "event_name": ["lead", "lead"],
+            "event_time": [None, "2026-03-02T10:00:00Z"],
+            "value": [float("nan"), 3.0],
+        }
+    )
+    received = pd.Series(pd.to_datetime(["2026-03-02T10:05:00Z", "2026-03-02T10:06:00Z"], utc=True))
+    result = coerce_record_frame(frame, "pixel", received, default_event_time=True)
+    assert result.failures == []
+    assert result.frame["event_time"].iloc[0] == received.iloc[0]
+    assert math.isnan(result.frame["value"].iloc[0])
+
+
+@pytest.mark.parametrize("with_hours", [False, True])
+def test_stored_frame_equals_records_to_frame(with_hours: bool) -> None:
+    records = [
+        {
+            "event_id": f"e{i}",
+            "event_name": "purchase",
+            "event_time": "2026-03-02T10:00:00+00:00",
+            "email": ["A.B@gmail.com", "undefined", None][i % 3],
+            "phone": ["+1 415 555 0132", None, "12"][i % 3],
+            "first_name": "Zoë",
+            "city": "San Francisco",
+            "postal_code": "94103-1234",
+            "country": "US",
+        }
+        for i in range(9)
+    ]
+    received = [RECEIVED] * len(records)
+    coerced = [coerce_record(r, "log", received_at=RECEIVED) for r in records]
+    hours = [RECEIVED] * len(records) if with_hours else None
+    expected, expected_dropped = records_to_frame(coerced, hour_of=hours)
+    columns = coerce_records(records, "log", received)
+    got, dropped = stored_frame(columns.frame, hour_of=hours)
+    pd.testing.assert_frame_equal(got, expected)
+    assert dropped == expected_dropped
