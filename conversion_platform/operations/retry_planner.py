@@ -44,6 +44,10 @@ _MICROS = 1_000_000
 _RETRY_AFTER_LOOKBACK_US = 7 * 86_400 * _MICROS
 
 
+def _hours(n: int) -> str:
+    return f"{n} destination-hour" + ("" if n == 1 else "s")
+
+
 def retry_run_key(destination: str, partition_key: str, retry_number: int) -> str:
     """The deterministic run key of retry `retry_number` of one destination-hour."""
     return f"delivery_retry:{destination}:{partition_key}:retry-{retry_number}"
@@ -107,7 +111,9 @@ class RetryPlan:
                 held_by[h.destination] = held_by.get(h.destination, 0) + 1
             parts.append(
                 "held by an open circuit: "
-                + ", ".join(f"{d} ({n} hours)" for d, n in sorted(held_by.items()))
+                + ", ".join(
+                    f"{d} ({n} hour{'' if n == 1 else 's'})" for d, n in sorted(held_by.items())
+                )
                 + " - fix the credentials or `conversion-platform circuit reset --destination D`"
             )
         if self.dead_lettered:
@@ -123,15 +129,14 @@ class RetryPlan:
         if self.waiting:
             first = min(self.waiting, key=lambda w: w.due or self.now)
             parts.append(
-                f"{len(self.waiting)} destination-hours waiting for their next retry "
+                f"{_hours(len(self.waiting))} waiting for the next retry "
                 f"(first: {first.destination} {first.partition_key} {first.detail})"
             )
         if self.in_flight:
-            parts.append(f"{len(self.in_flight)} destination-hours have a run in progress")
+            parts.append(f"{_hours(len(self.in_flight))} with a run in progress")
         if self.unconfigured:
             parts.append(
-                f"{len(self.unconfigured)} destination-hours of destinations no longer configured "
-                "are left alone"
+                f"{_hours(len(self.unconfigured))} of destinations no longer configured left alone"
             )
         if not parts:
             return "nothing to retry: every delivered hour is settled"
