@@ -42,6 +42,8 @@ _ACTIVE_STATES = (STATE_WAITING, STATE_HELD)
 _MICROS = 1_000_000
 #: How far back a platform's Retry-After can still matter for a whole destination.
 _RETRY_AFTER_LOOKBACK_US = 7 * 86_400 * _MICROS
+#: Resolved destination-hours are kept this long (the report shows their retries), then pruned.
+_RESOLVED_KEPT_US = 30 * 86_400 * _MICROS
 
 
 def _hours(n: int) -> str:
@@ -228,6 +230,12 @@ def plan_retries(
     busy = set(busy_partitions)
 
     with engine.begin() as conn:
+        conn.execute(
+            delivery_retries.delete().where(
+                delivery_retries.c.state == STATE_RESOLVED,
+                delivery_retries.c.updated_at_us < now_us - _RESOLVED_KEPT_US,
+            )
+        )
         pending = _pending(conn)
         failures = _failures(conn, min((h for _, h in pending), default=now_us))
         not_before = _destination_not_before(conn, now_us)
