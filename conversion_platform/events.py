@@ -224,10 +224,20 @@ STORED_COLUMNS: Final[tuple[str, ...]] = (
 #: The hour (UTC, on the hour) an event belongs to: the partition it was received in.
 HOUR_COLUMN: Final = "hour"
 
+#: Ad platforms with their own match-quality score column (`match_quality_<platform>`).
+MATCH_QUALITY_PLATFORMS: Final[tuple[str, ...]] = ("meta", "google", "tiktok", "snapchat")
+
 #: Columns added by later stages.
 STAGE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "dedupe": ("sources", "dedupe_rule", "dedupe_key", "copies"),
-    "identity": ("person_id", "strong_keys_before", "strong_keys_after", "match_quality"),
+    "identity": (
+        "person_id",
+        "strong_keys_before",
+        "strong_keys_after",
+        "match_quality",
+        *(f"match_quality_{p}" for p in MATCH_QUALITY_PLATFORMS),
+        "enriched_fields",  # what identity resolution added, e.g. "email,phone,fbclid"
+    ),
 }
 
 TIMESTAMP_DTYPE: Final = "datetime64[ns, UTC]"
@@ -240,7 +250,7 @@ def column_dtypes(columns: tuple[str, ...] | list[str]) -> dict[str, str]:
     for column in columns:
         if column in TIMESTAMP_COLUMNS or column == HOUR_COLUMN:
             dtypes[column] = TIMESTAMP_DTYPE
-        elif column in FLOAT_COLUMNS or column in ("match_quality",):
+        elif column in FLOAT_COLUMNS or column.startswith("match_quality"):
             dtypes[column] = "float64"
         elif column in BOOL_COLUMNS:
             dtypes[column] = "boolean"
@@ -282,7 +292,9 @@ def conform(
                     series = series.astype(dtype)
             out[column] = series.array
         else:
-            out[column] = pd.array(
-                [pd.NA] * n if dtype != TIMESTAMP_DTYPE else [pd.NaT] * n, dtype=dtype
-            )
+            out[column] = pd.Series([_MISSING.get(dtype, pd.NA)] * n, dtype=dtype).array
     return pd.DataFrame(out, columns=list(columns), index=pd.RangeIndex(n))
+
+
+#: What a missing column holds: numpy dtypes can't hold pd.NA (counts start at 0).
+_MISSING: Final[dict[str, object]] = {TIMESTAMP_DTYPE: pd.NaT, "float64": float("nan"), "int64": 0}

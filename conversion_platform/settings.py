@@ -8,7 +8,10 @@
 | `CONVERSION_PLATFORM_DESTINATIONS` | `seeds/destinations.yaml` | enabled destinations and their settings |
 | `CONVERSION_PLATFORM_ACCESS_LOG_RULES` | `seeds/access_log_rules.yaml` | URL rules turning access-log lines into conversions |
 | `CONVERSION_PLATFORM_CONSENT_REQUIRED` | `false` | `true`: unknown consent counts as denied |
+| `CONVERSION_PLATFORM_IDENTITY_RULES` | `seeds/identity.yaml` | identity graph blocklist, caps per person, click-id windows |
 | `CONVERSION_PLATFORM_DEDUPE_WINDOW_HOURS` | `168` | how long a dedupe key is remembered |
+| `CONVERSION_PLATFORM_DEDUPE_TOLERANCE_SECONDS` | `120` | event times of fingerprint copies this close are one conversion |
+| `CONVERSION_PLATFORM_DUPLICATE_RATE_RANGE` | `0,0.75` | usual duplicate rate until 12 hours of history exist |
 | `CONVERSION_PLATFORM_MAX_EVENT_AGE_HOURS` | `168` | events older than this (vs. received) are invalid |
 | `CONVERSION_PLATFORM_MAX_INVALID_RATE` | `0.10` | blocking check: an hour above this is not delivered |
 | `CONVERSION_PLATFORM_SCHEDULE_DELAY_MINUTES` | `10` | the hourly schedule runs hour H at H+1h plus this |
@@ -37,12 +40,31 @@ def _env_float(name: str, default: float) -> float:
     return float(raw) if raw not in (None, "") else default
 
 
+def _env_range(name: str, default: tuple[float, float]) -> tuple[float, float]:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        low, high = (float(part) for part in raw.split(","))
+    except ValueError as exc:
+        raise ValueError(f"{name} must be two numbers, low,high (got {raw!r})") from exc
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"{name} must satisfy 0 <= low <= high <= 1 (got {raw!r})")
+    return (low, high)
+
+
 def _seed_path(variable: str, filename: str) -> Path:
     raw = os.environ.get(variable)
     if raw:
         return Path(raw).expanduser().resolve()
     local = Path.cwd() / "seeds" / filename
     return local if local.exists() else SEEDS_DIR / filename
+
+
+def _identity_rules_path() -> Path | None:
+    """The identity rules file; None (built-in defaults) when the seed file isn't there."""
+    path = _seed_path("CONVERSION_PLATFORM_IDENTITY_RULES", "identity.yaml")
+    return path if os.environ.get("CONVERSION_PLATFORM_IDENTITY_RULES") or path.exists() else None
 
 
 @dataclass(frozen=True)
@@ -54,8 +76,11 @@ class Settings:
     logs_dir: Path
     destinations_file: Path
     access_log_rules_file: Path
+    identity_rules_file: Path | None = None
     consent_required: bool = False
     dedupe_window_hours: float = 168.0
+    dedupe_tolerance_seconds: float = 120.0
+    duplicate_rate_range: tuple[float, float] = (0.0, 0.75)
     max_event_age_hours: float = 168.0
     max_invalid_rate: float = 0.10
     schedule_delay_minutes: int = 10
@@ -74,8 +99,15 @@ class Settings:
             access_log_rules_file=_seed_path(
                 "CONVERSION_PLATFORM_ACCESS_LOG_RULES", "access_log_rules.yaml"
             ),
+            identity_rules_file=_identity_rules_path(),
             consent_required=_env_bool("CONVERSION_PLATFORM_CONSENT_REQUIRED", False),
             dedupe_window_hours=_env_float("CONVERSION_PLATFORM_DEDUPE_WINDOW_HOURS", 168.0),
+            dedupe_tolerance_seconds=_env_float(
+                "CONVERSION_PLATFORM_DEDUPE_TOLERANCE_SECONDS", 120.0
+            ),
+            duplicate_rate_range=_env_range(
+                "CONVERSION_PLATFORM_DUPLICATE_RATE_RANGE", (0.0, 0.75)
+            ),
             max_event_age_hours=_env_float("CONVERSION_PLATFORM_MAX_EVENT_AGE_HOURS", 168.0),
             max_invalid_rate=_env_float("CONVERSION_PLATFORM_MAX_INVALID_RATE", 0.10),
             schedule_delay_minutes=int(

@@ -50,6 +50,8 @@ CONVERSION_MIX = [
     (events.SUBSCRIBE, 0.04),
 ]
 SITE = "https://shop.example"
+#: Share of page views arriving from a newsletter link with the reader's email in the URL.
+NEWSLETTER_LINK_SHARE = 0.03
 
 
 @dataclass
@@ -84,6 +86,8 @@ class TrafficGenerator:
     def __init__(self, seed: int = 7, people: int = 20_000) -> None:
         self.random = random.Random(seed)
         self.people = [self._person(i) for i in range(people)]
+        # A second stream for newsletter links, so adding them left the main stream as it was.
+        self.links = random.Random(seed * 7_919 + 1)
 
     def _hex(self, n: int) -> str:
         return f"{self.random.getrandbits(n * 4):0{n}x}"
@@ -142,7 +146,7 @@ class TrafficGenerator:
                 person = r.choice(self.people)
                 mpid, ip, agent = r.choice(person.devices)
                 when = self._moment(hour)
-                traffic.pixel_events.append(self._page_view(mpid, ip, agent, when))
+                traffic.pixel_events.append(self._page_view(mpid, ip, agent, when, person))
             for _ in range(conversions_per_hour):
                 traffic.conversions += 1
                 person = r.choice(self.people)
@@ -153,7 +157,9 @@ class TrafficGenerator:
                 traffic.log_lines.append((self._moment(hour), self._broken_line()))
         return traffic
 
-    def _page_view(self, mpid: str, ip: str, agent: str, when: datetime) -> dict[str, Any]:
+    def _page_view(
+        self, mpid: str, ip: str, agent: str, when: datetime, person: Person | None = None
+    ) -> dict[str, Any]:
         r = self.random
         query: dict[str, str] = {}
         roll = r.random()
@@ -165,6 +171,10 @@ class TrafficGenerator:
             query["ttclid"] = "E.C.P." + self._hex(20)
         elif roll < 0.65:
             query["ScCid"] = self._hex(16)
+        if person is not None and self.links.random() < NEWSLETTER_LINK_SHARE:
+            # A newsletter link that carries the reader's address: a real-world leak path
+            # that ingest must scrub before anything is stored.
+            query.update({"utm_source": "newsletter", "email": person.email.strip()})
         url = f"{SITE}/products/{r.randint(1, 500)}" + (f"?{urlencode(query)}" if query else "")
         event = {
             "event_id": self._hex(32),
@@ -178,7 +188,8 @@ class TrafficGenerator:
             "fbp": f"fb.1.{int(when.timestamp() * 1000)}.{r.randint(10**9, 10**10)}",
         }
         for parameter, value in query.items():
-            event[events.CLICK_ID_PARAMETERS[parameter]] = value
+            if parameter in events.CLICK_ID_PARAMETERS:
+                event[events.CLICK_ID_PARAMETERS[parameter]] = value
         return event
 
     def _conversion(

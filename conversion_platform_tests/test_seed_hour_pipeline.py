@@ -190,7 +190,13 @@ def test_seed_hour_end_to_end(seeded, tmp_path: Path, monkeypatch: pytest.Monkey
 
     engine = engine_for(settings.db_url)
     with engine.connect() as conn:
-        batches = conn.execute(sa.select(delivery_batches)).mappings().all()
+        batches = (
+            conn.execute(
+                sa.select(delivery_batches).where(delivery_batches.c.destination == "meta_capi")
+            )
+            .mappings()
+            .all()
+        )
         statuses = dict(
             conn.execute(
                 sa.select(delivery_events.c.event_id, delivery_events.c.status).where(
@@ -230,7 +236,11 @@ def test_rerunning_an_hour_gives_the_same_result(
     with engine_for(settings.db_url).connect() as conn:
         # Hour 10's 6 quarantined records, once each (hour 11's broken line belongs to hour 11).
         assert conn.execute(sa.select(sa.func.count()).select_from(quarantine)).scalar() == 6
-        events_rows = conn.execute(sa.select(sa.func.count()).select_from(delivery_events)).scalar()
+        events_rows = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(delivery_events)
+            .where(delivery_events.c.destination == "meta_capi")
+        ).scalar()
     assert events_rows == 5  # 4 dry-run bodies + 1 filtered, recorded once each
 
 

@@ -11,9 +11,14 @@ from conversion_platform.destinations.config import DestinationConfig
 from conversion_platform.destinations.delivery import HourDeliverer, HourDelivery
 from conversion_platform.destinations.http_client import new_session
 from conversion_platform.destinations.registry import destination_for
+from conversion_platform.destinations.request_status import StatusPolling, resolve_pending_requests
+from conversion_platform.operations.circuits import hold_reason
+from conversion_platform.operations.dead_letters import dead_letter_rejected
 
 DELIVERY_GROUP = "delivery"
 DELIVERY_KEY_PREFIX = "delivery"
+#: Fails while the destination's circuit is open after an auth failure (nothing is sent).
+CIRCUIT_CLOSED_CHECK = "destination_circuit_closed"
 
 
 class UndeliveredBatchesError(Exception):
@@ -24,7 +29,9 @@ def _figures(report: HourDelivery) -> dict[str, float | int]:
     return {
         "eligible": report.eligible,
         "sent": report.sent,
+        "accepted": report.delivered + report.awaiting_status,
         "delivered": report.delivered,
+        "awaiting_status": report.awaiting_status,
         "rejected": report.rejected_total,
         "expired": report.expired,
         "filtered": report.filtered,
@@ -35,9 +42,20 @@ def _figures(report: HourDelivery) -> dict[str, float | int]:
     }
 
 
+def _status_figures(before: StatusPolling, after: StatusPolling) -> dict[str, int]:
+    """Per-event outcomes the platform reported later, for requests of this or earlier runs."""
+    return {
+        "status_requests_resolved": before.resolved + after.resolved,
+        "status_events_delivered": before.events_delivered + after.events_delivered,
+        "status_events_rejected": before.events_rejected + after.events_rejected,
+        "status_events_unconfirmed": before.events_unconfirmed + after.events_unconfirmed,
+        "status_requests_processing": after.processing,
+    }
+
+
 def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
     """The partitioned delivery asset `delivery/<name>` for one configured destination."""
-    destination = destination_for(config.platform)
+    destination = destination_for(config.platform, config.settings)
 
     @dg.asset(
         name=config.name,
@@ -48,6 +66,17 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
         kinds={"python"},
         pool=f"destination_{config.name}",
         ins={"resolved_conversions": dg.AssetIn("resolved_conversions")},
+        check_specs=[
+            dg.AssetCheckSpec(
+                CIRCUIT_CLOSED_CHECK,
+                asset=dg.AssetKey([DELIVERY_KEY_PREFIX, config.name]),
+                description=(
+                    "Fails while an auth failure keeps the destination's circuit open: nothing "
+                    "is sent until its credentials change or an operator runs "
+                    f"`conversion-platform circuit reset --destination {config.name}`."
+                ),
+            )
+        ],
         description=(
             f"Conversions of the hour delivered to {config.name} ({destination.platform}): "
             "each event mapped to the platform's format, batched at its limit, and every "
@@ -64,6 +93,8 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         engine = database.engine()
         session = new_session()
+        # Outcomes the platform reports later (Google) for requests of earlier runs.
+        polled_before = resolve_pending_requests(engine, destination, config, session)
         deliverer = HourDeliverer(
             engine,
             destination,
@@ -72,6 +103,7 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
             platform.outbox_dir,
             consent_required=platform.consent_required,
             run_id=context.run_id,
+            hold_reason=hold_reason(engine, config),
         )
         by_hour = (
             {h: g for h, g in resolved_conversions.groupby(events.HOUR_COLUMN)}
@@ -84,6 +116,10 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
         for key, hour in hours:
             frame = by_hour.get(pd.Timestamp(hour), resolved_conversions.iloc[0:0])
             report = deliverer.deliver_hour(frame, hour, key)
+            # Permanent rejections go to the dead letters at once, with the platform's reason.
+            dead_letter_rejected(engine, config.name, [hour])
+            # An auth failure opens the circuit: the range's later hours are held, not sent.
+            deliverer.hold_reason = hold_reason(engine, config)
             reports.append((key, report))
             if len(hours) > 1:
                 context.log_event(
@@ -91,6 +127,7 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
                         asset_key=context.asset_key, partition=key, metadata=_figures(report)
                     )
                 )
+        polled_after = resolve_pending_requests(engine, destination, config, session)
         session.close()
         totals: dict[str, float] = {}
         for _, report in reports:
@@ -108,6 +145,7 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
         metadata: dict[str, object] = {
             **{k: (float(v) if isinstance(v, float) else int(v)) for k, v in totals.items()},
             "mode": reports[0][1].mode if reports else config.effective_mode(),
+            "platform": destination.platform,
             "per_hour": dg.MetadataValue.md(
                 markdown_table([{"hour": k, **_figures(r)} for k, r in reports])
             ),
@@ -120,19 +158,39 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
                 )
             ),
         }
+        if destination.reports_status_later:
+            metadata.update(_status_figures(polled_before, polled_after))
         outbox = [r.outbox_file for _, r in reports if r.outbox_file]
         if outbox:
             metadata["outbox"] = dg.MetadataValue.path(outbox[-1])
+        held = deliverer.hold_reason
+        metadata["circuit"] = "open" if held else "closed"
+        circuit_check = dg.AssetCheckResult(
+            check_name=CIRCUIT_CLOSED_CHECK,
+            passed=held is None,
+            metadata={"reason": held or "closed"},
+        )
         failed = [(k, r) for k, r in reports if r.pending]
         if failed:
             context.log.error(
                 f"{config.name}: {sum(r.pending for _, r in failed)} events of {len(failed)} hour(s) "
-                "still undelivered after in-run retries; the retry sensor will try again"
+                "still undelivered after in-run retries; "
+                + (held if held else "the retry sensor will try again")
+            )
+            # The step fails, so the check result is logged on its own before raising.
+            context.log_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=context.asset_key,
+                    check_name=CIRCUIT_CLOSED_CHECK,
+                    passed=held is None,
+                    metadata={"reason": dg.MetadataValue.text(held or "closed")},
+                )
             )
             raise UndeliveredBatchesError(
                 f"{config.name}: retryable batches undelivered for hours {[k for k, _ in failed]}"
+                + (f" ({held})" if held else "")
             )
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=metadata, check_results=[circuit_check])
 
     return _delivery
 

@@ -11,6 +11,10 @@ from conversion_platform.defs.metadata import column_schema, figures_metadata, m
 from conversion_platform.defs.partitions import hourly_partitions, hours_of_run, single_run
 from conversion_platform.defs.resources import OperationalDatabase, ServerLogSource
 from conversion_platform.ingest.log_conversions import ingest_server_logs
+from conversion_platform.store.identity_drops import (
+    dropped_identifier_counts,
+    replace_dropped_identifiers,
+)
 from conversion_platform.store.landing import read_landing_events
 from conversion_platform.store.quarantine import STAGE_PARSE, replace_quarantined
 
@@ -41,11 +45,14 @@ def server_log_conversions(
     replace_quarantined(
         engine, STAGE_PARSE, start, end, result.quarantined, sources=(events.SOURCE_LOG,)
     )
+    # Re-runs replace the window's dropped-identifier counts too.
+    replace_dropped_identifiers(engine, start, end, result.dropped_by_hour, events.SOURCE_LOG)
     per_hour = {
         hour: {
             "conversions": figures["lines_parsed"],
             "lines_quarantined": figures["lines_quarantined"],
             "lines_ignored": figures["lines_ignored"],
+            "identifiers_dropped": sum(result.dropped_by_hour.get(hour, {}).values()),
         }
         for hour, figures in result.per_hour.items()
     }
@@ -55,8 +62,13 @@ def server_log_conversions(
             "dagster/row_count": len(result.frame),
             "dagster/column_schema": column_schema(result.frame),
             "files_read": len(result.files_read),
-            "identifiers_dropped": markdown_table(
-                [{"reason": r, "values": n} for r, n in result.dropped_identifiers.most_common()]
+            "identifiers_dropped_by_reason": dg.MetadataValue.md(
+                markdown_table(
+                    [
+                        {"reason": r, "values": n}
+                        for r, n in result.dropped_identifiers.most_common()
+                    ]
+                )
             ),
         }
     )
@@ -95,8 +107,32 @@ def collected_conversions(
         frame = events.conform(
             frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         )
+    # Identity values the collector dropped (unusable) when it landed these events.
+    start, end = context.partition_time_window
+    dropped = dropped_identifier_counts(
+        engine, start, end, sources=(events.SOURCE_PIXEL, events.SOURCE_SERVER)
+    )
+    dropped_by_hour = dropped.groupby("hour")["count"].sum() if len(dropped) else pd.Series()
+    for hour in per_hour:
+        per_hour[hour]["identifiers_dropped"] = int(dropped_by_hour.get(pd.Timestamp(hour), 0))
+    by_reason = (
+        dropped.groupby(["source", "reason"])["count"].sum().sort_values(ascending=False)
+        if len(dropped)
+        else pd.Series(dtype="int64")
+    )
     metadata = figures_metadata(context, per_hour, {h: k for k, h in hours})
     metadata.update(
-        {"dagster/row_count": len(frame), "dagster/column_schema": column_schema(frame)}
+        {
+            "dagster/row_count": len(frame),
+            "dagster/column_schema": column_schema(frame),
+            "identifiers_dropped_by_reason": dg.MetadataValue.md(
+                markdown_table(
+                    [
+                        {"source": s, "reason": r, "values": int(n)}
+                        for (s, r), n in by_reason.items()
+                    ]
+                )
+            ),
+        }
     )
     return dg.Output(frame, metadata=metadata)

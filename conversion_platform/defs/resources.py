@@ -11,6 +11,7 @@ from conversion_platform.destinations.config import DestinationConfig, load_dest
 from conversion_platform.ingest.access_log import AccessLogRule, load_access_log_rules
 from conversion_platform.settings import Settings
 from conversion_platform.store.database import engine_for
+from conversion_platform.transform.identity_rules import IdentityRules, load_identity_rules
 
 
 class OperationalDatabase(dg.ConfigurableResource):
@@ -38,8 +39,12 @@ class PlatformSettings(dg.ConfigurableResource):
 
     home: str
     destinations_file: str
+    identity_rules_file: str = ""
     consent_required: bool = False
     dedupe_window_hours: float = 168.0
+    dedupe_tolerance_seconds: float = 120.0
+    duplicate_rate_low: float = 0.0
+    duplicate_rate_high: float = 0.75
     max_event_age_hours: float = 168.0
     max_invalid_rate: float = 0.10
 
@@ -49,6 +54,11 @@ class PlatformSettings(dg.ConfigurableResource):
 
     def destinations(self) -> list[DestinationConfig]:
         return load_destination_configs(Path(self.destinations_file))
+
+    def identity_rules(self) -> IdentityRules:
+        return load_identity_rules(
+            Path(self.identity_rules_file) if self.identity_rules_file else None
+        )
 
 
 def resources_from_settings(settings: Settings) -> dict[str, object]:
@@ -64,8 +74,12 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
         "platform": PlatformSettings(
             home=str(settings.home),
             destinations_file=str(settings.destinations_file),
+            identity_rules_file=str(settings.identity_rules_file or ""),
             consent_required=settings.consent_required,
             dedupe_window_hours=settings.dedupe_window_hours,
+            dedupe_tolerance_seconds=settings.dedupe_tolerance_seconds,
+            duplicate_rate_low=settings.duplicate_rate_range[0],
+            duplicate_rate_high=settings.duplicate_rate_range[1],
             max_event_age_hours=settings.max_event_age_hours,
             max_invalid_rate=settings.max_invalid_rate,
         ),

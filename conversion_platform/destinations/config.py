@@ -32,6 +32,8 @@ class DestinationConfig:
     platform: str
     mode: str = MODE_LIVE
     base_url: str | None = None
+    #: environment variable that overrides `base_url` when set (the demo's emulator)
+    base_url_env: str | None = None
     #: platform settings (pixel id, API version, customer id, ...), never secrets
     settings: dict[str, Any] = field(default_factory=dict)
     #: credential name -> environment variable that holds it
@@ -51,6 +53,8 @@ class DestinationConfig:
     in_run_attempts: int = 3
     #: longest wait between in-run attempts (a longer Retry-After is left to the sensor)
     max_in_run_wait_seconds: float = 5.0
+    #: first wait between in-run attempts without a Retry-After (doubled each attempt)
+    retry_backoff_seconds: float = 0.5
 
     def read_credentials(self) -> dict[str, str] | None:
         """Credential values from the environment, or None when any is missing."""
@@ -89,6 +93,7 @@ def _entry(name: str, raw: dict[str, Any]) -> DestinationConfig:
         platform=str(raw.get("platform", name)),
         mode=mode,
         base_url=str(base_url).rstrip("/") if base_url else None,
+        base_url_env=str(base_url_env) if base_url_env else None,
         settings=dict(raw.get("settings") or {}),
         credentials={str(k): str(v) for k, v in credentials.items()},
         event_names={str(k): str(v) for k, v in (raw.get("event_names") or {}).items()},
@@ -100,6 +105,7 @@ def _entry(name: str, raw: dict[str, Any]) -> DestinationConfig:
         timeout_seconds=float(raw.get("timeout_seconds", 10.0)),
         in_run_attempts=int(raw.get("in_run_attempts", 3)),
         max_in_run_wait_seconds=float(raw.get("max_in_run_wait_seconds", 5.0)),
+        retry_backoff_seconds=float(raw.get("retry_backoff_seconds", 0.5)),
     )
 
 

@@ -1,35 +1,44 @@
 """Delivering one hour of resolved conversions to one destination.
 
-Shared by every platform: which events go (event names, consent), which are too old
-(expired), which were settled already (never sent twice), per-event checks, batching at
-the platform's limit, sending with in-run retries (or writing the outbox in dry-run
-mode), splitting an all-or-nothing batch the platform rejected to find the event at
-fault, and recording every attempt and every event's outcome in the delivery log.
+Shared by every platform: which events go (event names, consent), which were settled
+already (never sent twice), which are too old (expired), per-event checks, batching at the
+platform's limit, sending with in-run retries (or writing the outbox in dry-run mode),
+splitting a batch the platform refused as a whole to find the event at fault, and
+recording every attempt and every event's outcome in the delivery log.
+
+An event's outcome is written in the same transaction as the attempt that settled it, so
+a run that dies half-way never forgets what the platform already took.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import requests
 from sqlalchemy.engine import Engine
 
 from conversion_platform import events
+from conversion_platform.destinations import json_columns as jc
 from conversion_platform.destinations.base import (
     STATUS_AUTH,
     STATUS_DELIVERED,
+    STATUS_PARTIAL,
     STATUS_PENDING_STATUS,
     STATUS_PERMANENT,
     STATUS_RETRYABLE,
+    STATUS_VALIDATED,
     BatchOutcome,
     Destination,
+    EventBatch,
     identifiers_allowed,
 )
 from conversion_platform.destinations.config import (
@@ -38,9 +47,10 @@ from conversion_platform.destinations.config import (
     DestinationConfig,
 )
 from conversion_platform.destinations.http_client import TransportError, send_request
-from conversion_platform.destinations.outbox import write_outbox
+from conversion_platform.destinations.outbox import OutboxWriter
 from conversion_platform.store import delivery_log as log
 from conversion_platform.store.timecodes import now_micros
+from conversion_platform.transform.match_quality import match_quality_column
 
 #: Identifier columns removed from events whose ad_user_data consent is denied.
 IDENTIFIER_COLUMNS: tuple[str, ...] = (
@@ -55,6 +65,10 @@ IDENTIFIER_COLUMNS: tuple[str, ...] = (
     "postal_code",
 )
 
+#: Events this close to a platform's age limit are reported expired rather than sent: the
+#: request (and its in-run retries) must reach the platform while they are still in time.
+EXPIRY_MARGIN = timedelta(minutes=10)
+
 
 @dataclass
 class HourDelivery:
@@ -65,10 +79,12 @@ class HourDelivery:
     mode: str
     eligible: int = 0
     sent: int = 0
-    delivered: int = 0
+    delivered: int = 0  # accepted by the platform (or validated, or written in dry-run)
+    awaiting_status: int = 0  # accepted; the platform reports per event later
     already_settled: int = 0
     expired: int = 0
     filtered: int = 0
+    duplicates: int = 0
     pending: int = 0  # retryable, still undelivered after the in-run retries
     rejected: Counter[str] = field(default_factory=Counter)
     requests: int = 0
@@ -102,8 +118,94 @@ def strip_identifiers(frame: pd.DataFrame, allowed: pd.Series) -> pd.DataFrame:
     frame = frame.copy()
     for column in IDENTIFIER_COLUMNS:
         if column in frame.columns:
-            frame.loc[~allowed, column] = pd.NA
+            frame.loc[~allowed.to_numpy(), column] = pd.NA
     return frame
+
+
+class EventRun:
+    """The sendable events of (a chunk of) an hour: ids and JSON objects in one buffer.
+
+    A batch of consecutive events is one slice of the buffer; any other set of events
+    (what is left after the platform named a bad one) is joined from their pieces. Events
+    carried over from the previous chunk (a batch's worth at most) come first, as pieces.
+    """
+
+    def __init__(
+        self,
+        event_ids: list[str],
+        json: pa.Array,
+        groups: list[str] | None,
+        carried: Carry | None = None,
+    ) -> None:
+        carried = carried or Carry([], [], [] if groups is not None else None)
+        self._carried = carried.pieces
+        self.event_ids = carried.event_ids + event_ids
+        self.groups = None if groups is None else (carried.groups or []) + groups
+        with_commas = pc.binary_join_element_wise(json, jc.lit(","), jc.lit(""))
+        offsets = jc.value_offsets(with_commas).astype(np.int64)
+        self._offsets = offsets - offsets[0]
+        self._data = memoryview(jc.contiguous_text(with_commas))
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def piece(self, i: int) -> bytes:
+        """Event i's JSON object."""
+        if i < len(self._carried):
+            return self._carried[i]
+        i -= len(self._carried)
+        return self._data[self._offsets[i] : self._offsets[i + 1] - 1].tobytes()
+
+    def batch(self, number: int, positions: Sequence[int]) -> EventBatch:
+        carried = len(self._carried)
+        if isinstance(positions, range) and positions.step == 1 and len(positions):
+            start, stop = positions.start, positions.stop
+            head = [self._carried[i] for i in range(start, min(stop, carried))]
+            first, last = max(start, carried) - carried, stop - carried
+            if first < last:
+                head.append(self._data[self._offsets[first] : self._offsets[last] - 1].tobytes())
+            body = b",".join(head)
+        else:
+            body = b",".join(self.piece(i) for i in positions)
+        groups: tuple[str, ...] = ()
+        if self.groups is not None:
+            groups = tuple(dict.fromkeys(self.groups[i] for i in positions))
+        return EventBatch(number, [self.event_ids[i] for i in positions], body, groups)
+
+    def carry(self, positions: range) -> Carry:
+        """The events at `positions`, to open the next chunk's first batch."""
+        return Carry(
+            [self.event_ids[i] for i in positions],
+            [self.piece(i) for i in positions],
+            None if self.groups is None else [self.groups[i] for i in positions],
+        )
+
+
+@dataclass
+class Carry:
+    """Encoded events of a chunk's last, partial batch, carried into the next chunk."""
+
+    event_ids: list[str]
+    pieces: list[bytes]
+    groups: list[str] | None
+
+
+def plan_batches(
+    n: int, size: int, groups: list[str] | None, max_groups: int | None
+) -> list[range]:
+    """Consecutive ranges of at most `size` events and at most `max_groups` groups each."""
+    if groups is None or max_groups is None or len(set(groups)) <= max_groups:
+        return [range(i, min(i + size, n)) for i in range(0, n, size)]
+    ranges: list[range] = []
+    start, seen = 0, set[str]()
+    for i, group in enumerate(groups):
+        if i - start >= size or (group not in seen and len(seen) >= max_groups):
+            ranges.append(range(start, i))
+            start, seen = i, set()
+        seen.add(group)
+    if start < n:
+        ranges.append(range(start, n))
+    return ranges
 
 
 class HourDeliverer:
@@ -121,6 +223,8 @@ class HourDeliverer:
         run_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        chunk_rows: int = 100_000,
+        hold_reason: str | None = None,
     ) -> None:
         self.engine = engine
         self.destination = destination
@@ -131,6 +235,10 @@ class HourDeliverer:
         self.run_id = run_id
         self.clock = clock or (lambda: pd.Timestamp.now(tz="UTC").to_pydatetime())
         self.sleep = sleep
+        self.chunk_rows = chunk_rows
+        #: set while the destination's circuit is open: nothing is sent, every sendable
+        #: event is recorded retryable with this reason (see operations/circuits.py)
+        self.hold_reason = hold_reason
 
     # -- one hour --------------------------------------------------------------------------
 
@@ -139,244 +247,361 @@ class HourDeliverer:
         mode = config.effective_mode()
         credentials = config.read_credentials() if mode != MODE_DRY_RUN else None
         report = HourDelivery(config.name, hour, mode)
-        outcomes: list[log.EventOutcome] = []
-
-        frame = frame.loc[forwarded_event_names(frame, config)].reset_index(drop=True)
-        report.eligible = len(frame)
-        allowed = identifiers_allowed(frame, self.consent_required)
-        frame = strip_identifiers(frame, allowed)
-        if not (destination.accepts_consent_denied_events and config.send_without_consent):
-            for row in frame.loc[~allowed, ["event_id", "event_name"]].itertuples(index=False):
-                outcomes.append(
-                    log.EventOutcome(
-                        row.event_id, row.event_name, log.EVENT_FILTERED, "no ad_user_data consent"
-                    )
-                )
-            report.filtered += int((~allowed).sum())
-            frame = frame.loc[allowed].reset_index(drop=True)
-
         now = pd.Timestamp(self.clock())
-        too_old = (now - frame["event_time"]) > pd.Timedelta(destination.max_event_age)
-        for row in frame.loc[too_old, ["event_id", "event_name"]].itertuples(index=False):
-            outcomes.append(
-                log.EventOutcome(
-                    row.event_id,
-                    row.event_name,
-                    log.EVENT_EXPIRED,
-                    f"older than {destination.max_event_age}",
-                )
-            )
-        report.expired = int(too_old.sum())
-        frame = frame.loc[~too_old].reset_index(drop=True)
+        frame, outcomes = self._eligible(frame, report, now)
+        with self.engine.begin() as conn:
+            log.record_event_outcomes(conn, config.name, hour, outcomes)
 
+        outbox = (
+            OutboxWriter(self.outbox_dir, config.name, partition_key)
+            if mode == MODE_DRY_RUN
+            else None
+        )
+        size = destination.batch_size(config)
+        context = _BatchContext(hour, mode, credentials, report)
+        carry: Carry | None = None
+        number = 0
+        # An hour is encoded a chunk at a time: memory stays bounded and is reused, and a
+        # chunk's last partial batch is carried into the next so requests stay full.
+        chunk_rows = max(self.chunk_rows, size)
+        for start in range(0, max(len(frame), 1), chunk_rows):
+            chunk = frame.iloc[start : start + chunk_rows].reset_index(drop=True)
+            last_chunk = start + chunk_rows >= len(frame)
+            run = self._encode_chunk(chunk, now, carry, context)
+            ranges = plan_batches(len(run), size, run.groups, destination.max_groups_per_request)
+            carry = None
+            if not last_chunk and ranges and len(ranges[-1]) < size:
+                carry = run.carry(ranges.pop())
+            for positions in ranges:
+                if outbox is not None:
+                    self._write_batch(outbox, context, run.batch(number, positions))
+                elif report.auth_failed or self.hold_reason:
+                    self._not_sent(context, [run.event_ids[i] for i in positions])
+                else:
+                    self._send(context, run, number, positions)
+                number += 1
+        if outbox is not None:
+            report.outbox_file = str(outbox.close())
+        return report
+
+    def _eligible(
+        self, frame: pd.DataFrame, report: HourDelivery, now: pd.Timestamp
+    ) -> tuple[pd.DataFrame, list[log.EventOutcome]]:
+        """The events to encode, and the outcomes of those that won't be (filtered, expired)."""
+        config, destination = self.config, self.destination
+        outcomes: list[log.EventOutcome] = []
+        frame = frame.loc[forwarded_event_names(frame, config).to_numpy()]
+        duplicated = frame["event_id"].duplicated().to_numpy()
+        if duplicated.any():
+            # One log row per event id and destination: a second event under the same id
+            # would overwrite the first one's outcome (and the platforms dedupe on it).
+            report.duplicates = int(duplicated.sum())
+            frame = frame.loc[~duplicated]
+        frame = frame.reset_index(drop=True)
+        report.eligible = len(frame)
+
+        # Settled events first: an event delivered before is never re-examined, so a
+        # changed consent or age can't turn its record into something else.
         with self.engine.connect() as conn:
             settled = log.settled_event_ids(
                 conn, config.name, frame["event_id"].astype(str).tolist()
             )
         if settled:
-            is_settled = frame["event_id"].isin(settled)
+            is_settled = frame["event_id"].isin(settled).to_numpy()
             report.already_settled = int(is_settled.sum())
             frame = frame.loc[~is_settled].reset_index(drop=True)
 
-        names = dict(zip(frame["event_id"], frame["event_name"], strict=False))
-        quality = (
-            dict(zip(frame["event_id"], frame["match_quality"], strict=False))
-            if "match_quality" in frame.columns
-            else {}
+        allowed = identifiers_allowed(frame, self.consent_required).to_numpy()
+        if not (destination.accepts_consent_denied_events and config.send_without_consent):
+            outcomes += _outcomes(frame, ~allowed, log.EVENT_FILTERED, "no ad_user_data consent")
+            report.filtered = int((~allowed).sum())
+            frame = frame.loc[allowed].reset_index(drop=True)
+        else:
+            frame = strip_identifiers(frame, pd.Series(allowed))
+
+        age = now - frame["event_time"]
+        too_old = (age > pd.Timedelta(destination.max_event_age - EXPIRY_MARGIN)).to_numpy()
+        outcomes += _outcomes(
+            frame, too_old, log.EVENT_EXPIRED, f"older than {destination.max_event_age}"
         )
-        prepared = destination.prepare_events(frame, config)
-        payloads: list[tuple[str, dict[str, Any]]] = []
-        for item in prepared:
-            if item.payload is None:
-                reason = f"invalid for {destination.platform}: {item.problem}"
-                report.rejected[reason] += 1
-                outcomes.append(
-                    log.EventOutcome(
-                        item.event_id, names.get(item.event_id), log.EVENT_PERMANENT, reason
-                    )
+        report.expired = int(too_old.sum())
+        frame = frame.loc[~too_old].reset_index(drop=True)
+        max_groups = destination.max_groups_per_request
+        if max_groups is not None and frame["event_name"].nunique() > max_groups:
+            # Events of one name (so of one group) side by side: each request then names
+            # as few groups as it can.
+            frame = frame.sort_values("event_name", kind="stable").reset_index(drop=True)
+        return frame, outcomes
+
+    def _encode_chunk(
+        self, chunk: pd.DataFrame, now: pd.Timestamp, carry: Carry | None, ctx: _BatchContext
+    ) -> EventRun:
+        """Encode a chunk, record the events that can't be sent, and keep the rest."""
+        destination, report = self.destination, ctx.report
+        encoded = destination.encode_events(chunk, self.config, now.to_pydatetime())
+        problems = np.array(encoded.problems, dtype=object)
+        in_future = (
+            chunk["event_time"] - now > pd.Timedelta(destination.max_future_skew)
+        ).to_numpy()
+        problems[in_future & (problems == None)] = "event_time is in the future"  # noqa: E711
+        invalid = problems != None  # noqa: E711
+        rejected: list[log.EventOutcome] = []
+        for row in np.flatnonzero(invalid):
+            reason = f"invalid for {destination.platform}: {problems[row]}"
+            report.rejected[reason] += 1
+            rejected.append(
+                log.EventOutcome(
+                    str(chunk.at[row, "event_id"]),
+                    chunk.at[row, "event_name"],
+                    log.EVENT_PERMANENT,
+                    reason,
                 )
-            else:
-                payloads.append((item.event_id, item.payload))
-        report.sent = len(payloads)
-        report.match_quality_sum = float(sum(quality.get(eid) or 0.0 for eid, _ in payloads))
-
-        size = destination.batch_size(config)
-        batches = [payloads[i : i + size] for i in range(0, len(payloads), size)]
-        if mode == MODE_DRY_RUN:
-            bodies = [
-                destination.build_request([p for _, p in b], config, None, mode).body
-                for b in batches
-            ]
-            report.outbox_file = str(
-                write_outbox(self.outbox_dir, config.name, partition_key, bodies)
             )
-            report.requests = len(bodies)
+        if rejected:
             with self.engine.begin() as conn:
-                for number, batch in enumerate(batches):
-                    batch_id = log.record_batch(
-                        conn,
-                        destination=config.name,
-                        hour=hour,
-                        run_id=self.run_id,
-                        batch_number=number,
-                        attempt=1,
-                        mode=mode,
-                        status=log.EVENT_DRY_RUN,
-                        http_status=None,
-                        event_ids=[eid for eid, _ in batch],
-                        response=f"written to {report.outbox_file}",
-                        retry_after_s=None,
-                        platform_request_id=None,
-                        started_at_us=now_micros(),
-                    )
-                    outcomes.extend(
-                        log.EventOutcome(
-                            eid, names.get(eid), log.EVENT_DRY_RUN, None, batch_id, quality.get(eid)
-                        )
-                        for eid, _ in batch
-                    )
-                log.record_event_outcomes(conn, config.name, hour, outcomes)
-            return report
+                log.record_event_outcomes(conn, self.config.name, ctx.hour, rejected)
+        keep = ~invalid
+        ids = chunk["event_id"].astype(str).to_numpy()[keep].tolist()
+        groups = (
+            None
+            if encoded.groups is None
+            else [str(g) for g, k in zip(encoded.groups, keep, strict=True) if k]
+        )
+        run = EventRun(ids, encoded.json.filter(pa.array(keep)), groups, carry)
+        names = chunk["event_name"].to_numpy(dtype=object)[keep]
+        ctx.names.update(zip(ids, names, strict=True))
+        # This platform's own score where identity resolution computed one.
+        score_column = match_quality_column(destination.platform)
+        if score_column not in chunk.columns:
+            score_column = "match_quality"
+        if score_column in chunk.columns:
+            quality = chunk[score_column].to_numpy(dtype="float64", na_value=np.nan)[keep]
+            ctx.quality.update((k, float(v)) for k, v in zip(ids, quality, strict=True) if v == v)
+            report.match_quality_sum += float(np.nansum(quality))
+        report.sent += len(ids)
+        return run
 
-        for number, batch in enumerate(batches):
-            if report.auth_failed:
-                outcomes.extend(
+    def _write_batch(self, outbox: OutboxWriter, ctx: _BatchContext, batch: EventBatch) -> None:
+        """Dry run: the batch's body to the outbox, its row and its events to the log."""
+        config = self.config
+        outbox.write(self.destination.build_request(batch, config, None, MODE_DRY_RUN).body)
+        ctx.report.requests += 1
+        with self.engine.begin() as conn:
+            batch_id = log.record_batch(
+                conn,
+                destination=config.name,
+                hour=ctx.hour,
+                run_id=self.run_id,
+                batch_number=batch.number,
+                attempt=1,
+                mode=MODE_DRY_RUN,
+                status=log.EVENT_DRY_RUN,
+                http_status=None,
+                event_ids=batch.event_ids,
+                response=f"written to {outbox.path}",
+                retry_after_s=None,
+                platform_request_id=None,
+                started_at_us=now_micros(),
+            )
+            log.record_event_outcomes(
+                conn,
+                config.name,
+                ctx.hour,
+                [
                     log.EventOutcome(
                         eid,
-                        names.get(eid),
-                        log.EVENT_RETRYABLE,
-                        "not sent: destination auth failed",
+                        ctx.names.pop(eid, None),
+                        log.EVENT_DRY_RUN,
+                        None,
+                        batch_id,
+                        ctx.quality.pop(eid, None),
                     )
-                    for eid, _ in batch
-                )
-                report.pending += len(batch)
-                continue
-            outcomes.extend(
-                self._send_batch(batch, number, hour, mode, credentials, report, names, quality)
+                    for eid in batch.event_ids
+                ],
             )
+
+    def _not_sent(self, ctx: _BatchContext, event_ids: list[str]) -> None:
+        """After an auth failure: the remaining batches wait for the credentials to change."""
         with self.engine.begin() as conn:
-            log.record_event_outcomes(conn, config.name, hour, outcomes)
-        return report
+            log.record_event_outcomes(
+                conn,
+                self.config.name,
+                ctx.hour,
+                [
+                    log.EventOutcome(
+                        eid,
+                        ctx.names.pop(eid, None),
+                        log.EVENT_RETRYABLE,
+                        self.hold_reason or "not sent: destination auth failed",
+                    )
+                    for eid in event_ids
+                ],
+            )
+        ctx.report.pending += len(event_ids)
 
     # -- one batch -------------------------------------------------------------------------
 
-    def _send_batch(
-        self,
-        batch: list[tuple[str, dict[str, Any]]],
-        number: int,
-        hour: datetime,
-        mode: str,
-        credentials: dict[str, str] | None,
-        report: HourDelivery,
-        names: dict[str, str],
-        quality: dict[str, float],
-    ) -> list[log.EventOutcome]:
+    def _send(
+        self, ctx: _BatchContext, run: EventRun, number: int, positions: Sequence[int]
+    ) -> None:
+        """Send one batch with in-run retries; split it when the platform refused it whole."""
         config, destination = self.config, self.destination
-        event_ids = [eid for eid, _ in batch]
-        request = destination.build_request([p for _, p in batch], config, credentials, mode)
-        outcome: BatchOutcome | None = None
-        batch_id = 0
+        batch = run.batch(number, positions)
+        request = destination.build_request(batch, config, ctx.credentials, ctx.mode)
+        outcome = BatchOutcome(STATUS_RETRYABLE, reason="not sent")
         for attempt in range(1, max(1, config.in_run_attempts) + 1):
             started = now_micros()
             try:
                 status, body, headers = send_request(self.session, request, config.timeout_seconds)
-                outcome = destination.classify_response(status, body, headers, event_ids)
+                outcome = destination.classify_response(status, body, headers, batch)
             except TransportError as exc:
                 outcome = BatchOutcome(STATUS_RETRYABLE, None, None, reason=str(exc))
-            report.requests += 1
+            ctx.report.requests += 1
+            ctx.attempts[number] = ctx.attempts.get(number, 0) + 1
+            wait = self._wait(outcome, attempt)
+            final = (
+                outcome.status != STATUS_RETRYABLE
+                or attempt >= config.in_run_attempts
+                or wait > config.max_in_run_wait_seconds
+            )
+            split = final and self._split(outcome, batch)
             with self.engine.begin() as conn:
                 batch_id = log.record_batch(
                     conn,
                     destination=config.name,
-                    hour=hour,
+                    hour=ctx.hour,
                     run_id=self.run_id,
                     batch_number=number,
-                    attempt=attempt,
-                    mode=mode,
+                    attempt=ctx.attempts[number],
+                    mode=ctx.mode,
                     status=outcome.status,
                     http_status=outcome.http_status,
-                    event_ids=event_ids,
+                    event_ids=batch.event_ids,
                     response=outcome.response_text or outcome.reason,
                     retry_after_s=outcome.retry_after_seconds,
                     platform_request_id=outcome.platform_request_id,
                     started_at_us=started,
                 )
-            if outcome.status != STATUS_RETRYABLE or attempt >= config.in_run_attempts:
+                if final:
+                    outcomes = self._outcomes(ctx, batch, outcome, batch_id, split)
+                    log.record_event_outcomes(conn, config.name, ctx.hour, outcomes)
+            if final:
                 break
-            wait = (
-                outcome.retry_after_seconds
-                if outcome.retry_after_seconds is not None
-                else 0.5 * 2 ** (attempt - 1)
-            )
-            if wait > config.max_in_run_wait_seconds:
-                break  # a long Retry-After is honoured by the retry sensor, not by blocking the run
             self.sleep(wait)
-        assert outcome is not None
+        if not split:
+            return
+        positions = list(positions)
+        if outcome.rejected:
+            # The platform named the events at fault and took none: send the rest again.
+            rest = [p for i, p in enumerate(positions) if i not in outcome.rejected]
+            if rest:
+                self._send(ctx, run, number, rest)
+            return
+        middle = len(positions) // 2
+        self._send(ctx, run, number, positions[:middle])
+        self._send(ctx, run, number, positions[middle:])
 
-        if (
-            outcome.status == STATUS_PERMANENT
-            and destination.all_or_nothing
-            and len(batch) > 1
-            and not outcome.rejected_events
-        ):
-            # One bad event sinks the whole request: split to find it, deliver the rest.
-            middle = len(batch) // 2
-            return self._send_batch(
-                batch[:middle], number, hour, mode, credentials, report, names, quality
-            ) + self._send_batch(
-                batch[middle:], number, hour, mode, credentials, report, names, quality
+    def _wait(self, outcome: BatchOutcome, attempt: int) -> float:
+        if outcome.retry_after_seconds is not None:
+            return outcome.retry_after_seconds
+        return self.config.retry_backoff_seconds * 2 ** (attempt - 1)
+
+    def _split(self, outcome: BatchOutcome, batch: EventBatch) -> bool:
+        """Whether a finally refused batch is split (or re-sent without the events named)."""
+        if outcome.status != STATUS_PERMANENT or outcome.whole_request:
+            return False
+        if outcome.rejected:
+            return len(outcome.rejected) < len(batch)
+        return self.destination.all_or_nothing and len(batch) > 1
+
+    def _outcomes(
+        self,
+        ctx: _BatchContext,
+        batch: EventBatch,
+        outcome: BatchOutcome,
+        batch_id: int,
+        split: bool,
+    ) -> list[log.EventOutcome]:
+        """Each event's outcome after the batch's last attempt (nothing for a split batch,
+        except the events the platform named)."""
+        report = ctx.report
+
+        def one(i: int, status: str, reason: str | None = None) -> log.EventOutcome:
+            eid = batch.event_ids[i]
+            return log.EventOutcome(
+                eid, ctx.names.pop(eid, None), status, reason, batch_id, ctx.quality.pop(eid, None)
             )
 
         results: list[log.EventOutcome] = []
-        if outcome.status in (STATUS_DELIVERED, STATUS_PENDING_STATUS) or outcome.rejected_events:
-            delivered_status = (
-                log.EVENT_VALIDATED
-                if mode == MODE_VALIDATE
-                else (
-                    log.EVENT_PENDING_STATUS
-                    if outcome.status == STATUS_PENDING_STATUS
-                    else log.EVENT_DELIVERED
-                )
-            )
-            for eid in event_ids:
-                if eid in outcome.rejected_events:
-                    reason = outcome.rejected_events[eid]
-                    report.rejected[reason] += 1
-                    results.append(
-                        log.EventOutcome(
-                            eid,
-                            names.get(eid),
-                            log.EVENT_PERMANENT,
-                            reason,
-                            batch_id,
-                            quality.get(eid),
-                        )
-                    )
-                else:
-                    report.delivered += 1
-                    results.append(
-                        log.EventOutcome(
-                            eid, names.get(eid), delivered_status, None, batch_id, quality.get(eid)
-                        )
-                    )
-            return results
         if outcome.status == STATUS_PERMANENT:
+            for i, reason in outcome.rejected.items():
+                report.rejected[reason] += 1
+                results.append(one(i, log.EVENT_PERMANENT, reason))
+            if split:
+                return results
             reason = outcome.reason or f"HTTP {outcome.http_status}"
-            report.rejected[reason] += len(batch)
-            return [
-                log.EventOutcome(
-                    eid, names.get(eid), log.EVENT_PERMANENT, reason, batch_id, quality.get(eid)
-                )
-                for eid in event_ids
-            ]
+            rest = [i for i in range(len(batch)) if i not in outcome.rejected]
+            report.rejected[reason] += len(rest)
+            return results + [one(i, log.EVENT_PERMANENT, reason) for i in rest]
+        if outcome.status in (
+            STATUS_DELIVERED,
+            STATUS_PENDING_STATUS,
+            STATUS_PARTIAL,
+            STATUS_VALIDATED,
+        ):
+            accepted = log.EVENT_DELIVERED
+            if ctx.mode == MODE_VALIDATE or outcome.status == STATUS_VALIDATED:
+                accepted = log.EVENT_VALIDATED
+            elif outcome.status == STATUS_PENDING_STATUS:
+                accepted = log.EVENT_PENDING_STATUS
+            for i in range(len(batch)):
+                if i in outcome.rejected:
+                    report.rejected[outcome.rejected[i]] += 1
+                    results.append(one(i, log.EVENT_PERMANENT, outcome.rejected[i]))
+                elif i in outcome.retry:
+                    report.pending += 1
+                    results.append(one(i, log.EVENT_RETRYABLE, outcome.retry[i]))
+                else:
+                    if accepted == log.EVENT_PENDING_STATUS:
+                        report.awaiting_status += 1
+                    else:
+                        report.delivered += 1
+                    results.append(one(i, accepted))
+            if outcome.retry and outcome.retry_after_seconds is not None:
+                report.retry_after_seconds = outcome.retry_after_seconds
+            return results
         if outcome.status == STATUS_AUTH:
             report.auth_failed = True
         report.pending += len(batch)
         report.retry_after_seconds = outcome.retry_after_seconds
         reason = outcome.reason or f"HTTP {outcome.http_status}"
-        return [
-            log.EventOutcome(
-                eid, names.get(eid), log.EVENT_RETRYABLE, reason, batch_id, quality.get(eid)
-            )
-            for eid in event_ids
-        ]
+        if outcome.status == STATUS_AUTH:
+            reason = f"auth: {reason}"
+        return [one(i, log.EVENT_RETRYABLE, reason) for i in range(len(batch))]
+
+
+@dataclass
+class _BatchContext:
+    """What every batch of one destination-hour shares."""
+
+    hour: datetime
+    mode: str
+    credentials: dict[str, str] | None
+    report: HourDelivery
+    #: event name and match quality of each event encoded and not yet settled
+    names: dict[str, str] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+    #: requests sent per batch number (the split parts of a batch count on)
+    attempts: dict[int, int] = field(default_factory=dict)
+
+
+def _outcomes(
+    frame: pd.DataFrame, mask: np.ndarray, status: str, reason: str
+) -> list[log.EventOutcome]:
+    if not mask.any():
+        return []
+    part = frame.loc[mask, ["event_id", "event_name"]]
+    return [
+        log.EventOutcome(str(eid), name, status, reason)
+        for eid, name in zip(part["event_id"], part["event_name"], strict=True)
+    ]

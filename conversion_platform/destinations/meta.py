@@ -1,22 +1,28 @@
 """Meta Conversions API (`POST {base}/{version}/{pixel_id}/events?access_token=`).
 
-Facts from `PLATFORMS.md`: at most 1,000 events a request, all-or-nothing (one bad event
-fails the request, so events are checked one by one before batching); `event_time` in
-Unix seconds, at most 7 days old and at most a minute ahead; `em`, `ph` (digits only, no
-`+`), `fn`, `ln`, `ct`, `st`, `zp`, `country`, `external_id` SHA-256 hashed; IP, user
-agent, `fbc` and `fbp` as received; website events need `event_source_url` and
-`client_user_agent`. Error code 190 is an auth failure; 1, 2, 4, 17, 341, 368 and 80003
-are worth retrying; 100 is a bad request.
+Facts from `PLATFORMS.md` and Meta's Conversions API docs: at most 1,000 events a
+request, all-or-nothing (one bad event fails the request, so events are checked one by
+one before batching, and a rejected batch is split to find the event at fault);
+`event_time` in Unix seconds, at most 7 days old and at most a minute ahead; `em`, `ph`
+(E.164 digits only, no `+`), `fn`, `ln`, `ct`, `st`, `zp`, `country`, `external_id`
+SHA-256 hashed; IP, user agent, `fbc` and `fbp` as received (`fbc` derived as
+`fb.1.<ms>.<fbclid>` from a click id when the cookie is missing); website events need
+`event_source_url` (`settings.default_event_source_url`, the site's URL, stands in for
+backend events that have no page URL) and `client_user_agent`. Graph API error codes 102, 104, 190, 10 and
+200-299 are auth or permission failures; 1, 2, 4, 17, 341, 368, 80003 (and any error
+flagged `is_transient`) are worth retrying; 100 is a bad request.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any, ClassVar
+from datetime import datetime, timedelta
+from typing import ClassVar
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 
+from conversion_platform.destinations import json_columns as jc
 from conversion_platform.destinations.base import (
     RETRYABLE_HTTP_STATUSES,
     STATUS_AUTH,
@@ -25,23 +31,32 @@ from conversion_platform.destinations.base import (
     STATUS_RETRYABLE,
     BatchOutcome,
     Destination,
+    EncodedEvents,
+    EventBatch,
     HttpRequest,
-    PreparedEvent,
+    first_problem,
+    response_text,
     retry_after_seconds,
 )
 from conversion_platform.destinations.config import MODE_VALIDATE, DestinationConfig
-from conversion_platform.destinations.fields import hashed, items_of, present, row_records
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v24.0"
 RETRYABLE_ERROR_CODES = frozenset({1, 2, 4, 17, 341, 368, 80003})
-AUTH_ERROR_CODES = frozenset({190})
+#: 190 invalid or expired token, 102 session, 104 no token, 10 and 200-299 permissions.
+AUTH_ERROR_CODES = frozenset({10, 102, 104, 190, *range(200, 300)})
+#: Errors about the request, not an event: a missing pixel (subcode 33), an unknown path.
+WHOLE_REQUEST_SUBCODES = frozenset({33})
+WHOLE_REQUEST_CODES = frozenset({803, 2500})
+#: The default `test_event_code` of validate mode when none is configured.
+VALIDATE_TEST_EVENT_CODE = "TEST_VALIDATE"
 
 
 class MetaConversionsApi(Destination):
     platform = "meta_capi"
     max_batch_size = 1_000
     max_event_age = timedelta(days=7)
+    max_future_skew = timedelta(minutes=1)
     all_or_nothing = True
     # Meta requires the user agent on website events; without consent it can't be sent.
     accepts_consent_denied_events = False
@@ -60,131 +75,143 @@ class MetaConversionsApi(Destination):
         "page_view": "PageView",
     }
 
-    def prepare_events(self, frame: pd.DataFrame, config: DestinationConfig) -> list[PreparedEvent]:
-        limited_data_use = bool(config.settings.get("limited_data_use", False))
-        prepared: list[PreparedEvent] = []
-        for row in row_records(frame):
-            event_time = int(row["event_time"].timestamp())
-            fbc = row.get("fbc")
-            if not fbc and row.get("fbclid"):
-                # Meta's documented form when only the click id is known: fb.1.<ms>.<fbclid>
-                fbc = f"fb.1.{event_time * 1000}.{row['fbclid']}"
-            user_data = present(
-                {
-                    "em": hashed(row.get("email_sha256")),
-                    "ph": hashed(row.get("phone_digits_sha256")),
-                    "fn": hashed(row.get("first_name_sha256")),
-                    "ln": hashed(row.get("last_name_sha256")),
-                    "ct": hashed(row.get("city"), hash_plain=True),
-                    "st": hashed(row.get("region"), hash_plain=True),
-                    "zp": hashed(row.get("postal_code"), hash_plain=True),
-                    "country": hashed(row.get("country"), hash_plain=True),
-                    "external_id": hashed(row.get("external_id_sha256")),
-                    "client_ip_address": row.get("client_ip"),
-                    "client_user_agent": row.get("user_agent"),
-                    "fbc": fbc,
-                    "fbp": row.get("fbp"),
-                }
-            )
-            custom_data = present(
-                {
-                    "value": row.get("value"),
-                    "currency": row.get("currency"),
-                    "order_id": row.get("order_id"),
-                    "contents": [
-                        present(
-                            {
-                                "id": str(i.get("id")) if i.get("id") is not None else None,
-                                "quantity": i.get("quantity"),
-                                "item_price": i.get("price"),
-                            }
-                        )
-                        for i in items_of(row.get("items"))
-                    ]
-                    or None,
-                }
-            )
-            action_source = row.get("action_source") or "website"
-            event: dict[str, Any] = {
-                "event_name": self.platform_event_name(row["event_name"], config),
-                "event_time": event_time,
-                "event_id": row["event_id"],
-                "action_source": action_source,
-            }
-            if row.get("page_url"):
-                event["event_source_url"] = row["page_url"]
-            event["user_data"] = user_data
-            if custom_data:
-                event["custom_data"] = custom_data
-            if limited_data_use:
-                # Let Meta geolocate the user to apply Limited Data Use where a state requires it.
-                event["data_processing_options"] = ["LDU"]
-                event["data_processing_options_country"] = 0
-                event["data_processing_options_state"] = 0
-            problem = None
-            if action_source == "website":
-                if not event.get("event_source_url"):
-                    problem = "website event without event_source_url"
-                elif not user_data.get("client_user_agent"):
-                    problem = "website event without client_user_agent"
-            if not user_data:
-                problem = problem or "no customer information parameters"
-            prepared.append(PreparedEvent(row["event_id"], None if problem else event, problem))
-        return prepared
+    def custom_event_name(self, event_name: str, config: DestinationConfig) -> str | None:
+        # Custom events keep our name: Meta takes any name up to 50 characters.
+        return event_name[:50]
+
+    def encode_events(
+        self, frame: pd.DataFrame, config: DestinationConfig, now: datetime
+    ) -> EncodedEvents:
+        n = len(frame)
+        text = lambda column: jc.text_column(frame, column)  # noqa: E731
+        seconds = jc.unix_seconds(frame)
+        names = self.platform_event_names(frame, config)
+        action_source = text("action_source").fill_null(jc.lit("website"))
+        page_url = jc.with_default(
+            text("page_url"), config.settings.get("default_event_source_url")
+        )
+        user_agent = text("user_agent")
+        fbclid = text("fbclid")
+        # Meta's documented form when only the click id is known: fb.1.<ms>.<fbclid>
+        derived_fbc = jc.concat(
+            jc.lit("fb.1."), jc.integer_text(seconds * 1000), jc.lit("."), fbclid
+        )
+        user = (
+            jc.JsonObject(n)
+            .digest_list("em", jc.hex_digests(text("email_sha256")))
+            .digest_list("ph", jc.hex_digests(text("phone_digits_sha256")))
+            .digest_list("fn", jc.hex_digests(text("first_name_sha256")))
+            .digest_list("ln", jc.hex_digests(text("last_name_sha256")))
+            .digest_list("ct", jc.sha256_of(text("city")))
+            .digest_list("st", jc.sha256_of(text("region")))
+            .digest_list("zp", jc.sha256_of(text("postal_code")))
+            .digest_list("country", jc.sha256_of(text("country")))
+            .digest_list("external_id", jc.hex_digests(text("external_id_sha256")))
+            .string("client_ip_address", text("client_ip"))
+            .string("client_user_agent", user_agent)
+            .string("fbc", jc.coalesce(text("fbc"), derived_fbc))
+            .string("fbp", text("fbp"))
+        )
+        custom = (
+            jc.JsonObject(n)
+            .number("value", jc.float_values(frame, "value"))
+            .string("currency", text("currency"))
+            .string("order_id", text("order_id"))
+            .raw("contents", jc.items_json(jc.parse_items(frame), ("id", "quantity", "item_price")))
+        )
+        event = (
+            jc.JsonObject(n)
+            .string("event_name", names.fill_null(jc.EMPTY))
+            .number("event_time", pa.array(seconds))
+            .string("event_id", text("event_id").fill_null(jc.EMPTY))
+            .string("action_source", action_source)
+            .string("event_source_url", page_url)
+            .object("user_data", user, always=True)
+            .object("custom_data", custom)
+        )
+        if config.settings.get("limited_data_use"):
+            # Limited Data Use with country and state 0: Meta geolocates each event and
+            # applies LDU where a US state's law requires it.
+            event.constant("data_processing_options", '["LDU"]')
+            event.constant("data_processing_options_country", "0")
+            event.constant("data_processing_options_state", "0")
+        website = action_source.to_numpy(zero_copy_only=False) == "website"
+        problems = first_problem(
+            n,
+            [
+                (~jc.is_present(names), "no Meta event name for this event"),
+                (website & ~jc.is_present(page_url), "website event without event_source_url"),
+                (
+                    website & ~jc.is_present(user_agent),
+                    "website event without client_user_agent",
+                ),
+                (~user.present, "no customer information parameters"),
+            ],
+        )
+        return EncodedEvents(event.build(), problems)
 
     def build_request(
         self,
-        payloads: list[dict[str, Any]],
+        batch: EventBatch,
         config: DestinationConfig,
         credentials: dict[str, str] | None,
         mode: str,
     ) -> HttpRequest:
         pixel_id = str(config.settings.get("pixel_id", ""))
         version = str(config.settings.get("api_version", DEFAULT_API_VERSION))
-        body: dict[str, Any] = {"data": payloads}
         test_code = config.test_event_code
         if mode == MODE_VALIDATE and not test_code:
-            test_code = str(config.settings.get("validate_test_event_code", "TEST_VALIDATE"))
+            test_code = str(
+                config.settings.get("validate_test_event_code", VALIDATE_TEST_EVENT_CODE)
+            )
+        body = b'{"data":' + batch.json_array()
         if test_code:
-            body["test_event_code"] = test_code
+            body += b',"test_event_code":' + orjson.dumps(str(test_code))
+        body += b"}"
         return HttpRequest(
             method="POST",
             url=f"{config.base_url or DEFAULT_BASE_URL}/{version}/{pixel_id}/events",
-            body=orjson.dumps(body),
+            body=body,
             headers={"Content-Type": "application/json"},
             secret_params={"access_token": credentials["access_token"]} if credentials else {},
         )
 
     def classify_response(
-        self, status_code: int, body: bytes, headers: dict[str, str], event_ids: list[str]
+        self, status_code: int, body: bytes, headers: dict[str, str], batch: EventBatch
     ) -> BatchOutcome:
-        text = body[:4_000].decode("utf-8", errors="replace")
+        text = response_text(body)
         retry_after = retry_after_seconds(headers)
         try:
             document = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError:
             document = {}
-        if 200 <= status_code < 300 and isinstance(document, dict) and "error" not in document:
+        if not isinstance(document, dict):
+            document = {}
+        if 200 <= status_code < 300 and "error" not in document:
             received = document.get("events_received")
-            if isinstance(received, int) and received != len(event_ids):
+            if isinstance(received, int) and received != len(batch):
                 return BatchOutcome(
                     STATUS_RETRYABLE,
                     status_code,
                     text,
                     retry_after,
-                    reason=f"Meta received {received} of {len(event_ids)} events",
+                    reason=f"Meta received {received} of {len(batch)} events",
                 )
             return BatchOutcome(STATUS_DELIVERED, status_code, text)
-        error = document.get("error", {}) if isinstance(document, dict) else {}
-        code = error.get("code") if isinstance(error, dict) else None
-        message = error.get("message") if isinstance(error, dict) else None
-        reason = f"Meta error {code}: {message}" if code is not None else f"HTTP {status_code}"
+        error = document.get("error")
+        error = error if isinstance(error, dict) else {}
+        code = error.get("code")
+        subcode = error.get("error_subcode")
+        detail = error.get("error_user_msg") or error.get("message")
+        reason = f"Meta error {code}: {detail}" if code is not None else f"HTTP {status_code}"
         if code in AUTH_ERROR_CODES or (status_code in (401, 403) and code is None):
             return BatchOutcome(STATUS_AUTH, status_code, text, reason=reason)
         if (
             code in RETRYABLE_ERROR_CODES
+            or error.get("is_transient") is True
             or status_code in RETRYABLE_HTTP_STATUSES
             or status_code >= 500
         ):
             return BatchOutcome(STATUS_RETRYABLE, status_code, text, retry_after, reason=reason)
-        return BatchOutcome(STATUS_PERMANENT, status_code, text, reason=reason)
+        whole = subcode in WHOLE_REQUEST_SUBCODES or code in WHOLE_REQUEST_CODES
+        return BatchOutcome(STATUS_PERMANENT, status_code, text, reason=reason, whole_request=whole)

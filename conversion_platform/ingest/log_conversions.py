@@ -28,6 +28,8 @@ class LogIngestResult:
     files_read: list[str]
     per_hour: dict[datetime, dict[str, int]] = field(default_factory=dict)
     dropped_identifiers: Counter[str] = field(default_factory=Counter)
+    #: identity values dropped (unusable), per hour and reason
+    dropped_by_hour: dict[datetime, Counter[str]] = field(default_factory=dict)
 
 
 def _hour(nanos: int) -> datetime:
@@ -109,6 +111,22 @@ def ingest_server_logs(
     else:
         coerced_frame = coerce_records([], events.SOURCE_LOG, []).frame
         hour_of = pd.Series([], dtype="datetime64[ns, UTC]")
-    frame, dropped = stored_frame(coerced_frame, hour_of=hour_of)
+    # Hour by hour (usually one), so dropped identity values count in the hour they arrived.
+    parts: list[pd.DataFrame] = []
+    dropped_by_hour: dict[datetime, Counter[str]] = {}
+    hour_values = hour_of.to_numpy()
+    boundaries = np.flatnonzero(hour_values[1:] != hour_values[:-1]) + 1 if len(hour_values) else []
+    for positions in np.split(np.arange(len(hour_values)), boundaries) if len(hour_values) else []:
+        part, dropped_here = stored_frame(
+            coerced_frame.iloc[positions].reset_index(drop=True),
+            hour_of=hour_of.iloc[positions].reset_index(drop=True),
+        )
+        dropped_by_hour[pd.Timestamp(hour_of.iloc[positions[0]]).to_pydatetime()] = dropped_here
+        parts.append(part)
+    if parts:
+        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    else:
+        frame, _ = stored_frame(coerced_frame, hour_of=hour_of)
+    dropped = sum(dropped_by_hour.values(), Counter())
     quarantined = [q for hour in hours for q in quarantined_by_hour[hour]]
-    return LogIngestResult(frame, quarantined, scan.files_read, per_hour, dropped)
+    return LogIngestResult(frame, quarantined, scan.files_read, per_hour, dropped, dropped_by_hour)

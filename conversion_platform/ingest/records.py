@@ -18,9 +18,19 @@ import pandas as pd
 
 from conversion_platform import events
 from conversion_platform.transform.normalise import (
+    SHA256_HEX,
+    hash_email,
+    hash_external_id,
     hash_identity_columns,
+    hash_name,
+    hash_phone,
+    normalise_city,
+    normalise_country,
     normalise_location_columns,
+    normalise_postal_code,
+    normalise_region,
 )
+from conversion_platform.transform.page_urls import click_ids_from_url, scrub_url
 
 #: Prefix of event ids the platform derived itself (the sender gave none); dedupe treats
 #: them as absent and falls back to order ids and content fingerprints.
@@ -179,7 +189,27 @@ def coerce_record(
             out[column] = _text(record.get(column), column)
     if not out["event_id"]:
         out["event_id"] = generated_event_id(source, record)
+    # Click ids in the landing URL count as sent; then the URLs lose anything personal.
+    for column, click_id in click_ids_from_url(out["page_url"]).items():
+        out[column] = out[column] or click_id
+    out["page_url"] = scrub_url(out["page_url"])
+    out["referrer"] = scrub_url(out["referrer"])
     return out
+
+
+def drop_malformed_prehashed(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[str]]:
+    """Pre-hashed identity values (sent under the stored names) that aren't SHA-256 digests
+    are dropped and counted: kept, they could be plaintext personal data at rest."""
+    dropped: Counter[str] = Counter()
+    for column in events.HASHED_IDENTITY_COLUMNS:
+        if column not in frame.columns:
+            continue
+        values = frame[column].astype("string").str.strip().str.lower()
+        bad = values.notna() & ~values.str.fullmatch(r"[0-9a-f]{64}").fillna(False)
+        if bad.any():
+            dropped[f"{column}_malformed"] += int(bad.sum())
+        frame[column] = values.mask(bad)
+    return frame, dropped
 
 
 def records_to_frame(
@@ -200,7 +230,9 @@ def records_to_frame(
         else pd.DataFrame(columns=columns)
     )
     frame = normalise_location_columns(frame)
+    frame, malformed = drop_malformed_prehashed(frame)
     frame, dropped = hash_identity_columns(frame)
+    dropped.update(malformed)
     frame["value_verified"] = value_verified
     for column in events.TIMESTAMP_COLUMNS:
         frame[column] = pd.to_datetime(frame[column], utc=True)
@@ -210,3 +242,95 @@ def records_to_frame(
         )
         return events.conform(frame, events.CANONICAL_COLUMNS), dropped
     return events.conform(frame, events.STORED_COLUMNS), dropped
+
+
+def _stored_text(value: Any) -> str | None:
+    """Text of a present value (as `records_to_frame` reads it), None for a missing one."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+#: Stored columns copied from a coerced record as they are (everything not derived below).
+_COPIED_COLUMNS: tuple[str, ...] = tuple(
+    c
+    for c in events.STORED_COLUMNS
+    if c not in events.HASHED_IDENTITY_COLUMNS
+    and c not in events.LOCATION_FIELDS
+    and c != "value_verified"
+)
+
+
+def _prehashed(value: Any, column: str, dropped: Counter[str]) -> str | None:
+    """A pre-hashed value as `drop_malformed_prehashed` keeps it (or drops and counts it)."""
+    text = _stored_text(value)
+    if text is None:
+        return None
+    text = text.strip().lower()
+    if not SHA256_HEX.fullmatch(text):
+        dropped[f"{column}_malformed"] += 1
+        return None
+    return text
+
+
+def record_to_stored_row(
+    record: Mapping[str, Any], *, value_verified: bool, dropped: Counter[str] | None = None
+) -> dict[str, Any]:
+    """One coerced record in the stored model, as a plain dict: the per-row twin of
+    `records_to_frame`.
+
+    Same normalisers, same hashing, same treatment of pre-hashed values, same counts of
+    dropped identity values (added to `dropped`); a property test holds the two equal. It
+    exists because building a DataFrame costs milliseconds, more than a whole small request
+    is worth on the collector's hot path. Timestamps stay aware datetimes.
+    """
+    dropped = Counter() if dropped is None else dropped
+    row: dict[str, Any] = {column: record.get(column) for column in _COPIED_COLUMNS}
+    country_text = _stored_text(record.get("country"))
+    country = normalise_country(country_text) if country_text is not None else None
+    city = _stored_text(record.get("city"))
+    region = _stored_text(record.get("region"))
+    postal = _stored_text(record.get("postal_code"))
+    row["country"] = country
+    row["city"] = normalise_city(city) if city is not None else None
+    row["region"] = normalise_region(region) if region is not None else None
+    row["postal_code"] = normalise_postal_code(postal, country) if postal is not None else None
+
+    hashed: dict[str, Any] = {
+        c: _prehashed(record.get(c), c, dropped) for c in events.HASHED_IDENTITY_COLUMNS
+    }
+
+    def plaintext(field: str) -> str | None:
+        return _stored_text(record.get(field))
+
+    email = plaintext("email")
+    if email is not None:
+        email_hash, google_hash, reason = hash_email(email)
+        hashed["email_sha256"] = email_hash or hashed["email_sha256"]
+        hashed["email_google_sha256"] = google_hash or hashed["email_google_sha256"]
+        if reason:
+            dropped[reason] += 1
+    phone = plaintext("phone")
+    if phone is not None:
+        phone_region = country.upper() if country and len(country) == 2 else None
+        phone_hash, digits_hash, reason = hash_phone(phone, phone_region)
+        hashed["phone_sha256"] = phone_hash or hashed["phone_sha256"]
+        hashed["phone_digits_sha256"] = digits_hash or hashed["phone_digits_sha256"]
+        if reason:
+            dropped[reason] += 1
+    for field, column in (("first_name", "first_name_sha256"), ("last_name", "last_name_sha256")):
+        name = plaintext(field)
+        if name is not None:
+            name_hash, reason = hash_name(name)
+            hashed[column] = name_hash or hashed[column]
+            if reason:
+                dropped[reason] += 1
+    external_id = plaintext("external_id")
+    if external_id is not None:
+        id_hash, reason = hash_external_id(external_id)
+        hashed["external_id_sha256"] = id_hash or hashed["external_id_sha256"]
+        if reason:
+            dropped[reason] += 1
+    row.update(hashed)
+    row["value_verified"] = value_verified
+    return row

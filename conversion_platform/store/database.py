@@ -12,6 +12,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from conversion_platform.store import operations_tables  # noqa: F401  (registers its tables)
 from conversion_platform.store.tables import metadata
 
 

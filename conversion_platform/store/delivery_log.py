@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from conversion_platform.store.tables import delivery_batches, delivery_events
@@ -22,6 +21,9 @@ from conversion_platform.store.timecodes import now_micros, to_micros
 
 EVENT_DELIVERED = "delivered"
 EVENT_PENDING_STATUS = "pending_status"
+#: accepted in a request the platform later reported as partly failed without saying which
+#: events failed (Google Data Manager reports counts per reason), or never reported on
+EVENT_UNCONFIRMED = "unconfirmed"
 EVENT_DRY_RUN = "dry_run"
 EVENT_VALIDATED = "validated"
 EVENT_RETRYABLE = "retryable"
@@ -32,13 +34,13 @@ EVENT_DEAD_LETTER = "dead_letter"
 
 #: Outcomes after which an event is never sent again (replay moves dead letters back).
 SETTLED_STATUSES = frozenset(
-    {EVENT_DELIVERED, EVENT_PENDING_STATUS, EVENT_PERMANENT, EVENT_DEAD_LETTER}
+    {EVENT_DELIVERED, EVENT_PENDING_STATUS, EVENT_UNCONFIRMED, EVENT_PERMANENT, EVENT_DEAD_LETTER}
 )
 
 _CHUNK = 5_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventOutcome:
     event_id: str
     event_name: str | None
@@ -104,47 +106,51 @@ def record_batch(
     return int(result.inserted_primary_key[0])
 
 
+#: Upsert of one event's outcome, as plain SQL that SQLite and PostgreSQL both take, run
+#: through the driver's executemany: SQLAlchemy's per-row parameter processing cost more
+#: than the database itself at a thousand rows a batch.
+_UPSERT_EVENT = (
+    "INSERT INTO delivery_events (destination, event_id, event_name, hour_us, status, "
+    "reason, batch_id, attempts, match_quality, updated_at_us) "
+    "VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+    "ON CONFLICT (destination, event_id) DO UPDATE SET "
+    "status = excluded.status, reason = excluded.reason, "
+    "batch_id = COALESCE(excluded.batch_id, delivery_events.batch_id), "
+    "attempts = delivery_events.attempts + excluded.attempts, "
+    "match_quality = excluded.match_quality, updated_at_us = excluded.updated_at_us"
+)
+
+
 def record_event_outcomes(
     conn: Connection, destination: str, hour: datetime, outcomes: Iterable[EventOutcome]
 ) -> None:
-    """Upsert each event's latest outcome; `attempts` counts sends across runs."""
+    """Upsert each event's latest outcome; `attempts` counts sends across runs.
+
+    The hour an event was first recorded under is kept.
+    """
     now = now_micros()
+    hour_us = to_micros(hour)
     rows = [
-        {
-            "destination": destination,
-            "event_id": o.event_id,
-            "event_name": o.event_name,
-            "hour_us": to_micros(hour),
-            "status": o.status,
-            "reason": (o.reason or "")[:1_000] or None,
-            "batch_id": o.batch_id,
-            "attempts": 1 if o.batch_id is not None else 0,
-            "match_quality": o.match_quality,
-            "updated_at_us": now,
-        }
+        (
+            destination,
+            o.event_id,
+            o.event_name,
+            hour_us,
+            o.status,
+            (o.reason or "")[:1_000] or None,
+            o.batch_id,
+            1 if o.batch_id is not None else 0,
+            o.match_quality,
+            now,
+        )
         for o in outcomes
     ]
     if not rows:
         return
-    insert = (
-        postgresql.insert(delivery_events)
-        if conn.engine.dialect.name == "postgresql"
-        else sqlite.insert(delivery_events)
-    )
-    stmt = insert.on_conflict_do_update(
-        index_elements=["destination", "event_id"],
-        set_={
-            "status": insert.excluded.status,
-            "reason": insert.excluded.reason,
-            "batch_id": sa.func.coalesce(insert.excluded.batch_id, delivery_events.c.batch_id),
-            "attempts": delivery_events.c.attempts + insert.excluded.attempts,
-            "match_quality": insert.excluded.match_quality,
-            "updated_at_us": insert.excluded.updated_at_us,
-            "hour_us": delivery_events.c.hour_us,
-        },
-    )
+    placeholder = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = _UPSERT_EVENT.format(p=placeholder)
     for i in range(0, len(rows), _CHUNK):
-        conn.execute(stmt, rows[i : i + _CHUNK])
+        conn.exec_driver_sql(sql, rows[i : i + _CHUNK])
 
 
 def event_status_counts(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
@@ -194,3 +200,65 @@ def batch_rows(engine: Engine, destination: str | None = None) -> list[dict[str,
         query = query.where(delivery_batches.c.destination == destination)
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]
+
+
+# --- requests the platform reports on later (Google Data Manager) --------------------------
+
+
+def pending_status_batches(
+    conn: Connection, destination: str, limit: int = 500
+) -> list[dict[str, Any]]:
+    """Accepted requests of `destination` still waiting for their per-event status, oldest first."""
+    query = (
+        sa.select(
+            delivery_batches.c.id,
+            delivery_batches.c.hour_us,
+            delivery_batches.c.event_ids,
+            delivery_batches.c.platform_request_id,
+            delivery_batches.c.finished_at_us,
+        )
+        .where(
+            delivery_batches.c.destination == destination,
+            delivery_batches.c.status == EVENT_PENDING_STATUS,
+        )
+        .order_by(delivery_batches.c.id)
+        .limit(limit)
+    )
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def resolve_pending_batch(
+    conn: Connection,
+    batch_id: int,
+    *,
+    batch_status: str,
+    response: str | None,
+    event_status: str,
+    reason: str | None,
+) -> int:
+    """Record a request's final status: its row, and each of its events still pending.
+
+    Returns how many events changed. Events re-sent or settled since are left alone.
+    """
+    now = now_micros()
+    conn.execute(
+        delivery_batches.update()
+        .where(delivery_batches.c.id == batch_id)
+        .values(status=batch_status, response=(response or "")[:4_000] or None, resolved_at_us=now)
+    )
+    result = conn.execute(
+        delivery_events.update()
+        .where(
+            delivery_events.c.batch_id == batch_id,
+            delivery_events.c.status == EVENT_PENDING_STATUS,
+        )
+        .values(status=event_status, reason=(reason or "")[:1_000] or None, updated_at_us=now)
+    )
+    return int(result.rowcount or 0)
+
+
+def event_rows(engine: Engine, destination: str) -> dict[str, dict[str, Any]]:
+    """Each event's latest outcome at `destination`, by event id (for tests and the CLI)."""
+    query = sa.select(delivery_events).where(delivery_events.c.destination == destination)
+    with engine.connect() as conn:
+        return {r["event_id"]: dict(r) for r in conn.execute(query).mappings()}

@@ -112,3 +112,28 @@ def read_quarantined(engine: Engine, start: datetime, end: datetime) -> pd.DataF
         }
     )
     return frame
+
+
+#: Validation records hold every failed check, joined with this.
+REASON_SEPARATOR = "; "
+
+
+def reason_class(reason: str) -> str:
+    """The reason without the quoted input it may end with (`value is not a number: 'x'`
+    is counted as `value is not a number`), so counts group by kind of failure."""
+    return reason.split(": ", 1)[0].strip()[:120] or "unknown"
+
+
+def reason_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Records per (stage, reason), most frequent first; a validation record counts once
+    under each check it failed."""
+    if frame.empty:
+        return pd.DataFrame({"stage": [], "reason": [], "records": []})
+    reasons = frame["reason"].astype(str).str.split(REASON_SEPARATOR)
+    exploded = pd.DataFrame({"stage": frame["stage"].astype(str), "reason": reasons}).explode(
+        "reason"
+    )
+    classes = exploded["reason"].str.split(": ", n=1).str[0].str.strip().str.slice(0, 120)
+    exploded["reason"] = classes.where(classes != "", "unknown")
+    counts = exploded.groupby(["stage", "reason"]).size().rename("records").reset_index()
+    return counts.sort_values(["records", "stage", "reason"], ascending=[False, True, True])

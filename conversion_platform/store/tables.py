@@ -79,16 +79,59 @@ log_file_index = sa.Table(
     sa.Column("indexed_at_us", sa.BigInteger, nullable=False),
 )
 
-#: Dedupe keys seen, each owned by the earliest hour that received it.
+#: Every key of every conversion an hour received, and which hour delivered that
+#: conversion (`owner_hour_us`; equal to `hour_us` when this hour delivered it). See
+#: `store.ledger` for how hours use it.
 dedupe_ledger = sa.Table(
     "dedupe_ledger",
     metadata,
-    sa.Column("dedupe_key", sa.Text, primary_key=True),
+    sa.Column("match_key", sa.Text, primary_key=True),  # what another hour's copy looks up
+    sa.Column("hour_us", sa.BigInteger, primary_key=True),  # the hour that received it
+    sa.Column("dedupe_key", sa.Text, primary_key=True),  # the conversion in that hour
+    sa.Column("kind", sa.Text, nullable=False),  # event_id | order_id | fingerprint
     sa.Column("event_id", sa.Text, nullable=False),
-    sa.Column("hour_us", sa.BigInteger, nullable=False),
-    sa.Column("event_time_us", sa.BigInteger),
+    sa.Column("first_event_time_us", sa.BigInteger),
+    sa.Column("last_event_time_us", sa.BigInteger),
+    sa.Column("owner_hour_us", sa.BigInteger, nullable=False),
+    sa.Column("sources", sa.Text),
+    sa.Column("value", sa.Float),
     sa.Column("recorded_at_us", sa.BigInteger, nullable=False),
     sa.Index("ix_dedupe_ledger_hour", "hour_us"),
+)
+
+#: What deduplication did to each hour (the duplicate-rate check reads its history).
+dedupe_hour_figures = sa.Table(
+    "dedupe_hour_figures",
+    metadata,
+    sa.Column("hour_us", sa.BigInteger, primary_key=True),
+    sa.Column("copies_in", sa.BigInteger, nullable=False),
+    sa.Column("merged_copies", sa.BigInteger, nullable=False),
+    sa.Column("late_duplicates", sa.BigInteger, nullable=False),
+    sa.Column("delivered_by_later_hour", sa.BigInteger, nullable=False),
+    sa.Column("late_backend_confirmations", sa.BigInteger, nullable=False),
+    sa.Column("late_value_mismatches", sa.BigInteger, nullable=False),
+    sa.Column("conversions_out", sa.BigInteger, nullable=False),
+    sa.Column("duplicate_rate", sa.Float, nullable=False),
+    sa.Column("recorded_at_us", sa.BigInteger, nullable=False),
+)
+
+#: Identity values dropped where data entered (an email without `@`, `undefined`, ...),
+#: counted by hour, path and reason; the values themselves are never stored.
+dropped_identifiers = sa.Table(
+    "dropped_identifiers",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("hour_us", sa.BigInteger, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("recorded_at_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_dropped_identifiers_hour", "hour_us", "source"),
 )
 
 #: One row per request body sent (or written to the outbox) to a destination.
@@ -109,7 +152,7 @@ delivery_batches = sa.Table(
     sa.Column("mode", sa.Text, nullable=False),  # live | validate | dry_run
     sa.Column(
         "status", sa.Text, nullable=False
-    ),  # delivered | partial | retryable | permanent | auth | dry_run
+    ),  # delivered | partial | retryable | permanent | auth | dry_run | validated | pending_status
     sa.Column("http_status", sa.Integer),
     sa.Column("event_count", sa.Integer, nullable=False),
     sa.Column("event_ids", sa.Text, nullable=False),  # JSON array
@@ -118,7 +161,10 @@ delivery_batches = sa.Table(
     sa.Column("platform_request_id", sa.Text),
     sa.Column("started_at_us", sa.BigInteger, nullable=False),
     sa.Column("finished_at_us", sa.BigInteger, nullable=False),
+    # when a request the platform reports on later (Google) got its final per-event status
+    sa.Column("resolved_at_us", sa.BigInteger),
     sa.Index("ix_delivery_batches_dest_hour", "destination", "hour_us"),
+    sa.Index("ix_delivery_batches_dest_status", "destination", "status"),
 )
 
 #: Each event's latest outcome per destination: delivered at most once, ever.
@@ -129,7 +175,8 @@ delivery_events = sa.Table(
     sa.Column("event_id", sa.Text, primary_key=True),
     sa.Column("event_name", sa.Text),
     sa.Column("hour_us", sa.BigInteger, nullable=False),
-    # delivered | dry_run | validated | retryable | permanent | expired | filtered | dead_letter
+    # delivered | pending_status | unconfirmed | dry_run | validated | retryable | permanent
+    # | expired | filtered | dead_letter
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("batch_id", sa.BigInteger),
@@ -137,4 +184,91 @@ delivery_events = sa.Table(
     sa.Column("match_quality", sa.Float),
     sa.Column("updated_at_us", sa.BigInteger, nullable=False),
     sa.Index("ix_delivery_events_dest_hour", "destination", "hour_us"),
+)
+
+
+# --- identity graph ---------------------------------------------------------------------------
+# The persistent identity graph (transform/identity.py updates it hour by hour, in order).
+# Identifiers are `mpid` (as received) and SHA-256 digests of email, phone and external id:
+# nothing here is plaintext personal data. Identifiers seen together in a consented event
+# belong to one person; a merge keeps the older person's id and is recorded. Click ids
+# are attributes of the person, kept with the time first seen. Person ids start with the
+# hour they were created, so an hour's new persons sit together in every index.
+# On SQLite these tables are WITHOUT ROWID: rows live in the primary key's b-tree, one
+# tree less to write for each of the hundreds of thousands of rows an hour can add.
+
+#: One row per identifier ever linked or seen with a click id; `person_id` is its person.
+identity_identifiers = sa.Table(
+    "identity_identifiers",
+    metadata,
+    sa.Column("kind", sa.Text, primary_key=True),  # mpid | email | phone | external_id
+    sa.Column("value", sa.Text, primary_key=True),  # mpid as received, else the digest
+    # the other hashed form: Google's dotless gmail digest / the digits-only phone digest
+    sa.Column("variant", sa.Text),
+    # NULL only for an identifier that may not link (see `linkable`) and has no person
+    sa.Column("person_id", sa.Text),
+    # False once the identifier was seen with more identifiers of one kind than a person may
+    # have (a shared device, a shop's own test address): it links nothing from then on
+    sa.Column("linkable", sa.Boolean, nullable=False),
+    sa.Column("first_seen_us", sa.BigInteger, nullable=False),
+    sa.Column("first_hour_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_identity_identifiers_person", "person_id"),
+    sqlite_with_rowid=False,
+)
+
+#: One row per current person: how many identifiers of each kind it holds (the caps), and
+#: the contact identifiers a conversion of this person is enriched with (its earliest seen
+#: email, phone and customer id, as the digests each platform wants).
+identity_persons = sa.Table(
+    "identity_persons",
+    metadata,
+    sa.Column("person_id", sa.Text, primary_key=True),
+    sa.Column("first_seen_us", sa.BigInteger, nullable=False),
+    sa.Column("created_hour_us", sa.BigInteger, nullable=False),
+    sa.Column("mpid_count", sa.Integer, nullable=False),
+    sa.Column("email_count", sa.Integer, nullable=False),
+    sa.Column("phone_count", sa.Integer, nullable=False),
+    sa.Column("external_id_count", sa.Integer, nullable=False),
+    sa.Column("email_sha256", sa.Text),
+    sa.Column("email_google_sha256", sa.Text),
+    sa.Column("phone_sha256", sa.Text),
+    sa.Column("phone_digits_sha256", sa.Text),
+    sa.Column("external_id_sha256", sa.Text),
+    sa.Column("updated_hour_us", sa.BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+#: Every merge: `merged_person_id` no longer exists and its identifiers moved to `into`.
+identity_merges = sa.Table(
+    "identity_merges",
+    metadata,
+    sa.Column("merged_person_id", sa.Text, primary_key=True),
+    sa.Column("into_person_id", sa.Text, nullable=False),
+    sa.Column("hour_us", sa.BigInteger, nullable=False),
+    sa.Column("identifiers_moved", sa.Integer, nullable=False),
+    sa.Column("merged_at_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_identity_merges_into", "into_person_id"),
+    sqlite_with_rowid=False,
+)
+
+#: Click ids (and Meta's fbc cookie) a person was seen with, with the time first seen.
+#: Keyed by person first: enrichment reads a person's clicks as one range of the b-tree.
+identity_click_ids = sa.Table(
+    "identity_click_ids",
+    metadata,
+    sa.Column("person_id", sa.Text, primary_key=True),
+    sa.Column("click_type", sa.Text, primary_key=True),  # gclid | fbclid | fbc | ttclid | ...
+    sa.Column("click_id", sa.Text, primary_key=True),
+    sa.Column("first_seen_us", sa.BigInteger, nullable=False),
+    sa.Column("first_hour_us", sa.BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+#: One row: taken first in every graph update, so updates never interleave.
+identity_graph_state = sa.Table(
+    "identity_graph_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("last_hour_us", sa.BigInteger),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
 )

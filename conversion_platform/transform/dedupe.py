@@ -1,198 +1,208 @@
-"""Deduplication within an hour: one conversion, one row.
+"""Merging the copies of each conversion within an hour into one row.
 
-Copies of one conversion (the pixel's and the backend's, or a log line's) share a dedupe
-key, chosen by the first rule that applies:
+Which copies are one conversion is `dedupe_keys`' job; this module decides what the one
+row holds (all vectorised; copies are ordered per conversion, then the first non-empty
+value of each column is taken):
 
-1. `event_id`: the sender's `event_id` with the event name (the copies share it);
-2. `order_id`: for purchases without a sender id, the order id with the event name;
-3. `fingerprint`: otherwise the event's content (name, identity fields, value), with
-   event times within a tolerance (default 2 minutes) counted as one.
+| columns | taken from |
+|---|---|
+| `value`, `currency`, `value_verified`, `items` | together, from the first copy with a value, in the order server, log, pixel (the backend's money; the pixel's is unverified) |
+| `order_id` | first non-empty, server, log, pixel |
+| hashed email, phone, names, customer id; city, region, postal code, country | first non-empty, server, log, pixel |
+| `client_ip`, `user_agent`, `page_url`, `referrer`, `action_source`, `mpid`, cookies (`fbc`, `fbp`, `ttp`), click ids | first non-empty, pixel, server, log (what the browser saw) |
+| `event_time` | the earliest of the copies whose own time is plausible (not older than the maximum age, not more than the clock-skew allowance after it was received); the earliest of all when none is |
+| `received_at` | the earliest |
+| consent (`consent_ad_user_data`, `consent_ad_personalization`) | `denied` if any copy says denied, else `granted` if any says granted, else `unknown`: a stated denial beats a grant, and a stated choice beats a copy that doesn't know (a backend usually can't see the browser's consent banner, so its `unknown` is not a disagreement) |
+| `source` | the copy the money came from |
+| `sources` | every path that saw it, comma-joined in the fixed order pixel, server, log |
+| `event_id` | the sender's id when one covers every copy; for an order seen under several ids, the smallest; otherwise `cpdd_` + SHA-256 of the dedupe key (deterministic) |
+| `dedupe_rule`, `dedupe_key` | from `dedupe_keys` |
+| `copies` | how many copies were merged |
 
-Copies merge into one row: money and order fields from the backend or log copy,
-cookies, IP, user agent and page URL from the browser, the earliest `event_time`, the
-first non-empty value of every identifier any copy had, the most restrictive consent,
-and `sources` listing which paths saw it. Merging is per hour; copies in other hours
-are caught by the ledger (`store.ledger`).
+Within one path and rank, ties are broken by time received, event time and then the
+copy's content, so the result never depends on the order rows arrive in. Every
+identifier any copy had is kept (one value per column; where copies disagree, the order
+above decides). Copies in other hours are never merged into a row here: the ledger
+(`hourly_dedupe`) counts them as late duplicates.
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 
 from conversion_platform import events
-from conversion_platform.ingest.records import GENERATED_EVENT_ID_PREFIX
+from conversion_platform.transform.dedupe_keys import (
+    DEFAULT_FINGERPRINT_TOLERANCE,
+    KeyedCopies,
+    assign_dedupe_keys,
+)
 
-RULE_EVENT_ID = "event_id"
-RULE_ORDER_ID = "order_id"
-RULE_FINGERPRINT = "fingerprint"
+#: Client clocks ahead of the server by up to this are plausible (validation clamps them).
+CLOCK_SKEW_ALLOWANCE = timedelta(minutes=5)
+DEFAULT_MAX_EVENT_AGE = timedelta(days=7)
 
-DEFAULT_FINGERPRINT_TOLERANCE = timedelta(minutes=2)
-
-#: Fields taken from the backend (or log) copy first: money and the order.
-SERVER_FIRST_COLUMNS: tuple[str, ...] = ("value", "value_verified", "currency", "order_id", "items")
-#: Fields taken from the browser copy first.
+MONEY_COLUMNS: tuple[str, ...] = ("value", "currency", "value_verified", "items")
+SERVER_FIRST_COLUMNS: tuple[str, ...] = (
+    "order_id",
+    *events.HASHED_IDENTITY_COLUMNS,
+    *events.LOCATION_FIELDS,
+)
 BROWSER_FIRST_COLUMNS: tuple[str, ...] = (
     "client_ip",
     "user_agent",
     "page_url",
     "referrer",
+    "action_source",
     "mpid",
     *events.COOKIE_COLUMNS,
-    "action_source",
+    *events.CLICK_ID_COLUMNS,
 )
-_FINGERPRINT_FIELDS: tuple[str, ...] = (
+CONSENT_COLUMNS: tuple[str, ...] = ("consent_ad_user_data", "consent_ad_personalization")
+#: Columns set from the conversion as a whole rather than picked from one copy.
+CONVERSION_COLUMNS: tuple[str, ...] = (
+    "event_id",
     "event_name",
-    "mpid",
-    "email_sha256",
-    "phone_sha256",
-    "external_id_sha256",
-    "value",
+    "event_time",
+    "received_at",
+    "source",
 )
-_CONSENT_RANK = {events.CONSENT_GRANTED: 0, events.CONSENT_UNKNOWN: 1, events.CONSENT_DENIED: 2}
-_CONSENT_BY_RANK = np.array(
-    [events.CONSENT_GRANTED, events.CONSENT_UNKNOWN, events.CONSENT_DENIED], dtype=object
-)
-_SOURCE_ORDER = {events.SOURCE_PIXEL: 0, events.SOURCE_SERVER: 1, events.SOURCE_LOG: 2}
 
+#: The merged row's columns.
 DEDUPED_COLUMNS: tuple[str, ...] = (*events.CANONICAL_COLUMNS, *events.STAGE_COLUMNS["dedupe"])
 
-
-def _digest(parts: pd.Series) -> pd.Series:
-    uniques = parts.unique()
-    mapping = {u: hashlib.sha256(u.encode()).hexdigest()[:40] for u in uniques}
-    return parts.map(mapping)
-
-
-def assign_dedupe_keys(
-    frame: pd.DataFrame, tolerance: timedelta = DEFAULT_FINGERPRINT_TOLERANCE
-) -> pd.DataFrame:
-    """Add `dedupe_key` and `dedupe_rule` to each copy (no rows are removed)."""
-    frame = frame.copy()
-    event_id = frame["event_id"].astype("string")
-    generated = event_id.isna() | event_id.str.startswith(GENERATED_EVENT_ID_PREFIX).fillna(True)
-    name = frame["event_name"].astype("string").fillna("")
-    order = frame["order_id"].astype("string")
-    by_order = generated & (name == events.PURCHASE) & order.notna()
-    by_fingerprint = generated & ~by_order
-
-    rule = pd.Series(RULE_EVENT_ID, index=frame.index, dtype="object")
-    rule[by_order] = RULE_ORDER_ID
-    rule[by_fingerprint] = RULE_FINGERPRINT
-    key = pd.Series("", index=frame.index, dtype="object")
-    key[~generated] = ("id\x1f" + name[~generated] + "\x1f" + event_id[~generated]).astype(object)
-    key[by_order] = ("order\x1f" + name[by_order] + "\x1f" + order[by_order]).astype(object)
-    if by_fingerprint.any():
-        fp = frame.loc[by_fingerprint]
-        content = fp["event_name"].astype("string").fillna("")
-        for column in _FINGERPRINT_FIELDS[1:]:
-            content = content + "\x1f" + fp[column].astype("string").fillna("")
-        times = fp["event_time"]
-        order_idx = np.lexsort((times.values.astype("int64"), content.values.astype(str)))
-        sorted_content = content.values[order_idx]
-        sorted_times = times.values.astype("int64")[order_idx]
-        cluster_start = np.empty(len(order_idx), dtype="int64")
-        tol = int(tolerance.total_seconds() * 1e9)
-        start = 0
-        for i in range(len(order_idx)):
-            if (
-                i == 0
-                or sorted_content[i] != sorted_content[i - 1]
-                or sorted_times[i] - start > tol
-            ):
-                start = sorted_times[i]
-            cluster_start[i] = start
-        starts = pd.Series(cluster_start, index=fp.index[order_idx]).reindex(fp.index)
-        key[by_fingerprint] = ("fp\x1f" + content + "\x1f" + starts.astype(str)).astype(object)
-    frame["dedupe_rule"] = rule.astype("string")
-    frame["dedupe_key"] = _digest(key).astype("string")
-    return frame
+_BROWSER_RANK = {events.SOURCE_PIXEL: 0, events.SOURCE_SERVER: 1, events.SOURCE_LOG: 2}
+_SERVER_RANK = {events.SOURCE_SERVER: 0, events.SOURCE_LOG: 1, events.SOURCE_PIXEL: 2}
+_CONSENT_RANK = {events.CONSENT_UNKNOWN: 0, events.CONSENT_GRANTED: 1, events.CONSENT_DENIED: 2}
+_CONSENT_BY_RANK = np.array(
+    [events.CONSENT_UNKNOWN, events.CONSENT_GRANTED, events.CONSENT_DENIED], dtype=object
+)
+_GROUP = "_conversion"
 
 
-def merge_copies(frame: pd.DataFrame) -> pd.DataFrame:
-    """Merge the copies of each (hour, dedupe key) into one row (keys must be assigned)."""
-    if frame.empty:
-        out = events.empty_frame(DEDUPED_COLUMNS)
-        return out
-    frame = frame.reset_index(drop=True)
-    group_cols = [events.HOUR_COLUMN, "dedupe_key"]
-    duplicated = frame.duplicated(group_cols, keep=False)
-    singles = frame.loc[~duplicated].copy()
-    singles["sources"] = singles["source"].astype("string")
-    singles["copies"] = 1
-    copies = frame.loc[duplicated]
-    if copies.empty:
-        merged = singles
-    else:
-        merged = pd.concat([singles, _merge_groups(copies, group_cols)], ignore_index=True)
-    merged = merged.sort_values([events.HOUR_COLUMN, "received_at", "event_id"], kind="stable")
-    return events.conform(merged, DEDUPED_COLUMNS)
+def _plausible_times(frame: pd.DataFrame, max_event_age: timedelta) -> pd.Series:
+    """True where a copy's event time is plausible relative to when it was received."""
+    lag = frame["received_at"] - frame["event_time"]
+    return (
+        (lag <= pd.Timedelta(max_event_age)) & (lag >= -pd.Timedelta(CLOCK_SKEW_ALLOWANCE))
+    ).fillna(False)
 
 
-def _merge_groups(copies: pd.DataFrame, group_cols: list[str]) -> pd.DataFrame:
-    source_rank = copies["source"].map(_SOURCE_ORDER).fillna(9).astype(int)
-    # Browser-first order: pixel, server, log. Server-first: server, log, pixel.
-    browser_first = copies.assign(_rank=source_rank).sort_values(
-        [*group_cols, "_rank"], kind="stable"
+def _ordered(copies: pd.DataFrame, rank: dict[str, int], columns: list[str]) -> pd.DataFrame:
+    """`columns` of the copies, ordered per conversion by path rank, then deterministically."""
+    ranks = copies["source"].astype("object").map(rank).fillna(9).astype("int64")
+    keys = [_GROUP, "_rank", "received_at", "event_time", "_content"]
+    subset = copies[[c for c in dict.fromkeys([*keys[:1], *keys[2:], *columns])]]
+    return subset.assign(_rank=ranks.to_numpy()).sort_values(keys, kind="stable")
+
+
+def _first_rows(ordered: pd.DataFrame) -> pd.Series:
+    return ordered.drop_duplicates(_GROUP).set_index(_GROUP)["_row"]
+
+
+def _merge_groups(copies: pd.DataFrame, max_event_age: timedelta) -> pd.DataFrame:
+    """One row per `_conversion` of `copies` (every group has two or more copies)."""
+    copies = copies.assign(
+        _row=np.arange(len(copies)),
+        _content=pd.util.hash_pandas_object(
+            copies[list(events.STORED_COLUMNS)], index=False
+        ).to_numpy(),
     )
-    server_first = copies.assign(_rank=(source_rank + 2) % 3).sort_values(
-        [*group_cols, "_rank"], kind="stable"
-    )
-    other_columns = [
-        c
-        for c in copies.columns
-        if c
-        not in (
-            *group_cols,
-            *SERVER_FIRST_COLUMNS,
-            *BROWSER_FIRST_COLUMNS,
-            "event_time",
-            "received_at",
-        )
-        and not c.startswith("consent_")
-        and c not in ("source", "dedupe_rule")
+    server_first = _ordered(copies, _SERVER_RANK, [*SERVER_FIRST_COLUMNS, "value", "_row"])
+    browser_first = _ordered(copies, _BROWSER_RANK, list(BROWSER_FIRST_COLUMNS))
+    by_server = server_first.groupby(_GROUP, sort=True)
+    by_browser = browser_first.groupby(_GROUP, sort=True)
+
+    parts: list[pd.DataFrame | pd.Series] = [
+        copies.groupby(_GROUP, sort=True)[
+            [events.HOUR_COLUMN, "dedupe_key", "dedupe_rule", "conversion_event_id", "event_name"]
+        ].first(),
+        by_server[list(SERVER_FIRST_COLUMNS)].first(),
+        by_browser[list(BROWSER_FIRST_COLUMNS)].first(),
     ]
-    grouped_browser = browser_first.groupby(group_cols, sort=True, observed=True)
-    grouped_server = server_first.groupby(group_cols, sort=True, observed=True)
-    parts = [
-        grouped_server[list(SERVER_FIRST_COLUMNS) + other_columns].first(),
-        grouped_browser[list(BROWSER_FIRST_COLUMNS)].first(),
-        grouped_browser[["event_time", "received_at"]].min(),
-        grouped_browser["dedupe_rule"].first(),
-    ]
-    for column in ("consent_ad_user_data", "consent_ad_personalization"):
-        ranks = browser_first[column].map(_CONSENT_RANK).fillna(1).astype(int)
-        strictest = ranks.groupby([browser_first[c] for c in group_cols], sort=True).max()
+
+    # Money travels as one unit: value, currency, verification and items of one copy.
+    first_any = _first_rows(server_first)
+    first_valued = _first_rows(server_first[server_first["value"].notna()])
+    money_rows = first_valued.reindex(first_any.index).fillna(first_any).astype("int64")
+    money = copies.iloc[money_rows.to_numpy()][[*MONEY_COLUMNS, "source"]]
+    money.index = money_rows.index
+    parts.append(money)
+
+    plausible = _plausible_times(copies, max_event_age)
+    all_times = copies.groupby(_GROUP, sort=True)["event_time"].min()
+    plausible_times = copies.loc[plausible].groupby(_GROUP, sort=True)["event_time"].min()
+    parts.append(plausible_times.reindex(all_times.index).fillna(all_times).rename("event_time"))
+    parts.append(copies.groupby(_GROUP, sort=True)["received_at"].min())
+
+    for column in CONSENT_COLUMNS:
+        ranks = copies[column].astype("object").map(_CONSENT_RANK).fillna(0).astype("int64")
+        strictest = ranks.groupby(copies[_GROUP], sort=True).max()
         parts.append(
             pd.Series(_CONSENT_BY_RANK[strictest.to_numpy()], index=strictest.index, name=column)
         )
-    flags = (
-        pd.get_dummies(browser_first["source"].astype(str))
-        .groupby([browser_first[c] for c in group_cols], sort=True)
-        .max()
+
+    flags = pd.DataFrame(
+        {s: (copies["source"] == s).fillna(False).to_numpy() for s in events.SOURCES},
+        index=copies[_GROUP].to_numpy(),
     )
-    sources = pd.Series("", index=flags.index, dtype=object)
+    seen = flags.groupby(level=0, sort=True).max()
+    sources = pd.Series("", index=seen.index, dtype=object)
     for source in events.SOURCES:
-        if source in flags.columns:
-            sources = sources.where(~flags[source], sources + "," + source)
+        sources = sources.where(~seen[source], sources + "," + source)
     parts.append(sources.str.lstrip(",").rename("sources"))
-    parts.append(grouped_browser.size().rename("copies"))
-    merged = pd.concat(parts, axis=1).reset_index()
-    # The merged row carries the source of its money fields' copy.
-    merged["source"] = grouped_server["source"].first().to_numpy()
-    # Without a sender id the merged row keeps a deterministic id: the smallest of its copies'.
-    if "event_id" in copies.columns:
-        merged["event_id"] = grouped_browser["event_id"].min().to_numpy()
-    return merged
+    parts.append(copies.groupby(_GROUP, sort=True).size().rename("copies"))
+
+    merged = pd.concat(parts, axis=1)
+    merged["event_id"] = merged.pop("conversion_event_id")
+    return merged.reset_index(drop=True)
+
+
+def merge_copies(
+    keyed: pd.DataFrame, max_event_age: timedelta = DEFAULT_MAX_EVENT_AGE
+) -> pd.DataFrame:
+    """One row per (hour, dedupe_key) of copies whose keys are assigned."""
+    if keyed.empty:
+        return events.empty_frame(DEDUPED_COLUMNS)
+    keyed = keyed.reset_index(drop=True)  # a new frame: adding a column leaves the caller's alone
+    keyed[_GROUP] = keyed.groupby([events.HOUR_COLUMN, "dedupe_key"], sort=False).ngroup()
+    sizes = keyed.groupby(_GROUP, sort=False)[_GROUP].transform("size")
+    single = (sizes == 1).to_numpy()
+    singles = keyed.loc[single].copy()
+    singles["sources"] = singles["source"].astype("string")
+    singles["copies"] = 1
+    singles["event_id"] = singles["conversion_event_id"]
+    frames = [singles]
+    if not single.all():
+        frames.append(_merge_groups(keyed.loc[~single], max_event_age))
+    merged = pd.concat(frames, ignore_index=True) if len(frames) > 1 else singles
+    merged = events.conform(merged, DEDUPED_COLUMNS)
+    merged = merged.sort_values(
+        [events.HOUR_COLUMN, "received_at", "event_id", "dedupe_key"], kind="stable"
+    )
+    return merged.reset_index(drop=True)
+
+
+def conformed(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """`frame` as `events.conform` would give it; as is when it already is (no copy)."""
+    dtypes = events.column_dtypes(columns)
+    if list(frame.columns) == list(columns) and all(
+        str(frame[c].dtype) == dtypes[c] for c in columns
+    ):
+        return frame.reset_index(drop=True)
+    return events.conform(frame, columns)
 
 
 def deduplicate_hour_frames(
-    frame: pd.DataFrame, tolerance: timedelta = DEFAULT_FINGERPRINT_TOLERANCE
-) -> pd.DataFrame:
-    """Assign keys and merge copies within each hour of `frame`."""
-    if frame.empty:
-        return events.empty_frame(DEDUPED_COLUMNS)
-    return merge_copies(assign_dedupe_keys(frame, tolerance))
+    frame: pd.DataFrame,
+    tolerance: timedelta = DEFAULT_FINGERPRINT_TOLERANCE,
+    max_event_age: timedelta = DEFAULT_MAX_EVENT_AGE,
+) -> tuple[pd.DataFrame, KeyedCopies]:
+    """Assign keys and merge copies within each hour of `frame`.
+
+    Returns the merged rows and the keyed copies (whose `match_keys` the ledger needs).
+    """
+    keyed = assign_dedupe_keys(conformed(frame, events.CANONICAL_COLUMNS), tolerance)
+    return merge_copies(keyed.frame, max_event_age), keyed

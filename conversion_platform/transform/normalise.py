@@ -19,8 +19,10 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 import phonenumbers
 
@@ -32,7 +34,8 @@ PLACEHOLDER_VALUES: frozenset[str] = frozenset(
 )
 
 _GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+_BRACKETED_EMAIL = re.compile(r"<([^<>\s]+@[^<>\s]+)>\s*$")
 _PUNCTUATION_CATEGORIES = ("P", "S")  # Unicode punctuation and symbols
 _US_STATES = {
     "alabama": "al", "alaska": "ak", "arizona": "az", "arkansas": "ar", "california": "ca",
@@ -66,6 +69,18 @@ def is_sha256_hex(value: str) -> bool:
     return len(value) == 64 and SHA256_HEX.match(value) is not None
 
 
+def as_digest(value: str) -> str | None:
+    """The lowercase digest when `value` (trimmed) is a 64-character hex digest in any case.
+
+    Backends that hash themselves sometimes send upper-case hex; it is the same digest.
+    """
+    text = value.strip()
+    if len(text) != 64:
+        return None
+    lowered = text.lower()
+    return lowered if SHA256_HEX.match(lowered) else None
+
+
 def is_placeholder(value: object) -> bool:
     """True for missing values and junk placeholders (`undefined`, `null`, `n/a`, ...)."""
     if value is None or value is pd.NA:
@@ -79,8 +94,17 @@ def is_placeholder(value: object) -> bool:
 
 
 def normalise_email(value: str) -> str | None:
-    """Trim and lowercase; None unless it looks like an address (`a@b.c`)."""
-    email = value.strip().lower()
+    """Trim and lowercase; None unless it looks like an address (`a@b.c`).
+
+    A `mailto:` prefix and a display form (`Name <a@b.c>`) are reduced to the address.
+    """
+    email = value.strip()
+    bracketed = _BRACKETED_EMAIL.search(email)
+    if bracketed:
+        email = bracketed.group(1)
+    email = email.strip().lower()
+    if email.startswith("mailto:"):
+        email = email[len("mailto:") :].strip()
     if not _EMAIL.match(email):
         return None
     return email
@@ -179,10 +203,14 @@ def normalise_postal_code(value: str, country: str | None = None) -> str | None:
 
 @lru_cache(maxsize=1_000_000)
 def hash_email(value: str) -> tuple[str | None, str | None, str | None]:
-    """(sha256 of the normalised email, sha256 of Google's variant, drop reason)."""
+    """(sha256 of the normalised email, sha256 of Google's variant, drop reason).
+
+    A digest passes through as both variants: Google's can't be derived from it.
+    """
     text = value.strip()
-    if is_sha256_hex(text):
-        return text, text, None
+    digest = as_digest(text)
+    if digest is not None:
+        return digest, digest, None
     if text.lower() in PLACEHOLDER_VALUES:
         return None, None, "email_placeholder"
     email = normalise_email(text)
@@ -193,10 +221,14 @@ def hash_email(value: str) -> tuple[str | None, str | None, str | None]:
 
 @lru_cache(maxsize=1_000_000)
 def hash_phone(value: str, default_region: str | None) -> tuple[str | None, str | None, str | None]:
-    """(sha256 of E.164 with +, sha256 of digits only, drop reason)."""
+    """(sha256 of E.164 with +, sha256 of digits only, drop reason).
+
+    A digest passes through as both variants (which form was hashed is unknown).
+    """
     text = value.strip()
-    if is_sha256_hex(text):
-        return text, text, None
+    digest = as_digest(text)
+    if digest is not None:
+        return digest, digest, None
     if text.lower() in PLACEHOLDER_VALUES:
         return None, None, "phone_placeholder"
     e164 = normalise_phone(text, default_region)
@@ -209,8 +241,9 @@ def hash_phone(value: str, default_region: str | None) -> tuple[str | None, str 
 def hash_name(value: str) -> tuple[str | None, str | None]:
     """(sha256 of the normalised name, drop reason)."""
     text = value.strip()
-    if is_sha256_hex(text):
-        return text, None
+    digest = as_digest(text)
+    if digest is not None:
+        return digest, None
     if text.lower() in PLACEHOLDER_VALUES:
         return None, "name_placeholder"
     name = normalise_name(text)
@@ -223,8 +256,9 @@ def hash_name(value: str) -> tuple[str | None, str | None]:
 def hash_external_id(value: str) -> tuple[str | None, str | None]:
     """(sha256 of the trimmed external id, drop reason)."""
     text = value.strip()
-    if is_sha256_hex(text):
-        return text, None
+    digest = as_digest(text)
+    if digest is not None:
+        return digest, None
     if text.lower() in PLACEHOLDER_VALUES:
         return None, "external_id_placeholder"
     return sha256_hex(text), None
@@ -232,14 +266,81 @@ def hash_external_id(value: str) -> tuple[str | None, str | None]:
 
 # --- frame-level entry point -----------------------------------------------------------------
 
+#: Hashed column -> (plaintext field, hasher, position of the digest in the hasher's result).
+#: A value in a hashed column that is not a digest is hashed as that field's plaintext, so
+#: a backend that puts a plain address in `email_sha256` never gets it stored.
+_HASHED_COLUMN_SOURCES: dict[str, tuple[str, int]] = {
+    "email_sha256": ("email", 0),
+    "email_google_sha256": ("email", 1),
+    "phone_sha256": ("phone", 0),
+    "phone_digits_sha256": ("phone", 1),
+    "first_name_sha256": ("first_name", 0),
+    "last_name_sha256": ("last_name", 0),
+    "external_id_sha256": ("external_id", 0),
+}
+_VARIANT_PAIRS = (
+    ("email_sha256", "email_google_sha256"),
+    ("phone_sha256", "phone_digits_sha256"),
+)
+_HASHERS: dict[str, tuple[Callable[..., tuple[str | None, ...]], tuple[str, ...], bool]] = {
+    # field -> (hasher, hashed columns it fills, takes the default region)
+    "email": (hash_email, ("email_sha256", "email_google_sha256"), False),
+    "phone": (hash_phone, ("phone_sha256", "phone_digits_sha256"), True),
+    "first_name": (hash_name, ("first_name_sha256",), False),
+    "last_name": (hash_name, ("last_name_sha256",), False),
+    "external_id": (hash_external_id, ("external_id_sha256",), False),
+}
+
 
 def _as_text(series: pd.Series) -> pd.Series:
     """Strings for present values, None for missing ones (numbers become their text)."""
-    return (
-        series.astype("object")
-        .where(series.notna(), None)
-        .map(lambda v: v if isinstance(v, str) or v is None else str(v))
-    )
+    values = series.astype("object")
+    present = values.notna()
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        values = values.map(lambda v: v if isinstance(v, str) else str(v), na_action="ignore")
+    return values.where(present, None)
+
+
+def _map_distinct(
+    values: pd.Series,
+    fn: Callable[..., tuple[str | None, ...]],
+    region: pd.Series | None,
+    width: int,
+) -> tuple[list[np.ndarray], Counter[str]]:
+    """Apply `fn` once per distinct value (or value and region) of the present rows.
+
+    Returns one object array per element of `fn`'s result (None where the row has no value)
+    and the count of rows by drop reason (the result's last element).
+    """
+    present = values.notna().to_numpy()
+    n = len(values)
+    if not present.any():
+        return [np.full(n, None, dtype=object) for _ in range(width)], Counter()
+    if region is not None:
+        value_codes, value_uniques = pd.factorize(values[present].to_numpy())
+        region_codes, region_uniques = pd.factorize(region[present].to_numpy())
+        # one code per (value, region) pair; a missing region has code -1
+        pair_codes = value_codes.astype(np.int64) * (len(region_uniques) + 1) + (region_codes + 1)
+        codes, pairs = pd.factorize(pair_codes)
+        regions = np.array([None, *region_uniques], dtype=object)
+        width_r = len(region_uniques) + 1
+        results = [fn(value_uniques[p // width_r], regions[p % width_r]) for p in pairs]
+    else:
+        codes, uniques = pd.factorize(values[present].to_numpy())
+        results = [fn(v) for v in uniques]
+    outputs: list[np.ndarray] = []
+    for position in range(width):
+        distinct = np.array([r[position] for r in results] + [None], dtype=object)
+        column = np.full(n, None, dtype=object)
+        column[present] = distinct[codes]
+        outputs.append(column)
+    dropped: Counter[str] = Counter()
+    if results:
+        rows_per_value = np.bincount(codes, minlength=len(results))
+        for result, count in zip(results, rows_per_value, strict=True):
+            if result[-1] is not None and count:
+                dropped[result[-1]] += int(count)
+    return outputs, dropped
 
 
 def normalise_location_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -250,23 +351,23 @@ def normalise_location_columns(frame: pd.DataFrame) -> pd.DataFrame:
         ("region", normalise_region),
     ):
         if column in frame.columns:
-            values = _as_text(frame[column])
-            mapping = {v: normaliser(v) for v in values.dropna().unique()}
-            frame[column] = values.map(mapping).astype("string")
+            (normalised, _reason), _ = _map_distinct(
+                _as_text(frame[column]), lambda v, f=normaliser: (f(v), None), None, 2
+            )
+            frame[column] = pd.Series(normalised, index=frame.index, dtype="string")
     if "postal_code" in frame.columns:
-        values = _as_text(frame["postal_code"])
         countries = (
-            frame["country"].astype("object").where(frame["country"].notna(), None)
+            _as_text(frame["country"])
             if "country" in frame.columns
-            else pd.Series([None] * len(frame), index=frame.index)
+            else pd.Series(None, index=frame.index, dtype="object")
         )
-        pairs = list(zip(values, countries, strict=True))
-        mapping = {p: normalise_postal_code(p[0], p[1]) for p in set(pairs) if p[0] is not None}
-        frame["postal_code"] = pd.Series(
-            [mapping.get(p) if p[0] is not None else None for p in pairs],
-            index=frame.index,
-            dtype="string",
+        (normalised, _reason), _ = _map_distinct(
+            _as_text(frame["postal_code"]),
+            lambda v, c: (normalise_postal_code(v, c), None),
+            countries,
+            2,
         )
+        frame["postal_code"] = pd.Series(normalised, index=frame.index, dtype="string")
     return frame
 
 
@@ -277,54 +378,58 @@ def hash_identity_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[st
     phone's default region) where present, adds the `*_sha256` columns, drops the
     plaintext columns, and returns the frame with a count of dropped values by reason.
     Hashed values already present in `*_sha256` columns are kept unless a plaintext
-    value provides one.
+    value provides one; such a value that is not a digest is hashed as plaintext (an
+    upper-case digest is lower-cased), so nothing personal is stored in the clear.
+    Each distinct value is normalised and hashed once.
     """
     dropped: Counter[str] = Counter()
     index = frame.index
-
-    def _apply(column: str, fn, targets: tuple[str, ...], region: pd.Series | None = None) -> None:
-        if column not in frame.columns:
-            return
-        values = _as_text(frame[column])
-        present = values.notna()
-        if not present.any():
-            frame.drop(columns=[column], inplace=True)
-            return
-        if region is not None:
-            keys = list(zip(values[present], region[present], strict=True))
-            results = {k: fn(k[0], k[1]) for k in set(keys)}
-            outcome = [results[k] for k in keys]
-        else:
-            uniques = values[present].unique()
-            results = {v: fn(v) for v in uniques}
-            outcome = [results[v] for v in values[present]]
-        for i, target in enumerate(targets):
-            column_values = pd.Series(
-                [o[i] for o in outcome], index=values[present].index, dtype="object"
-            )
-            hashed = pd.Series(None, index=index, dtype="object")
-            hashed[present] = column_values
+    region = (
+        _as_text(frame["country"]).str.upper().where(lambda s: s.str.len() == 2, None)
+        if "country" in frame.columns
+        else pd.Series(None, index=index, dtype="object")
+    )
+    # Values sent under the hashed names: digests pass through, anything else is hashed.
+    for target, (field_name, position) in _HASHED_COLUMN_SOURCES.items():
+        if target not in frame.columns:
+            continue
+        given = _as_text(frame[target])
+        if not given.notna().any():
+            continue
+        hasher, targets, regional = _HASHERS[field_name]
+        outputs, reasons = _map_distinct(
+            given, hasher, region if regional else None, len(targets) + 1
+        )
+        frame[target] = pd.Series(outputs[position], index=index, dtype="object")
+        dropped.update({f"{target}_{r.split('_', 1)[-1]}": n for r, n in reasons.items()})
+    for field_name, (hasher, targets, regional) in _HASHERS.items():
+        if field_name not in frame.columns:
+            continue
+        values = _as_text(frame[field_name])
+        frame.drop(columns=[field_name], inplace=True)
+        if not values.notna().any():
+            continue
+        outputs, reasons = _map_distinct(
+            values, hasher, region if regional else None, len(targets) + 1
+        )
+        dropped.update(reasons)
+        for target, column in zip(targets, outputs, strict=False):
+            hashed = pd.Series(column, index=index, dtype="object")
             if target in frame.columns:
                 hashed = hashed.where(hashed.notna(), frame[target].astype("object"))
-            frame[target] = hashed.astype("string")
-        for o in outcome:
-            if o[-1] is not None:
-                dropped[o[-1]] += 1
-        frame.drop(columns=[column], inplace=True)
-
-    if "phone" in frame.columns:
-        region = (
-            _as_text(frame["country"]).map(lambda c: c.upper() if c and len(c) == 2 else None)
-            if "country" in frame.columns
-            else pd.Series([None] * len(frame), index=index, dtype="object")
-        )
-    else:
-        region = None
-    _apply("email", hash_email, ("email_sha256", "email_google_sha256"))
-    _apply("phone", hash_phone, ("phone_sha256", "phone_digits_sha256"), region=region)
-    _apply("first_name", hash_name, ("first_name_sha256",))
-    _apply("last_name", hash_name, ("last_name_sha256",))
-    _apply("external_id", hash_external_id, ("external_id_sha256",))
+            frame[target] = hashed
+    # A digest given for one variant only stands in for the other, as a digest passed in
+    # the plaintext field does (which form the sender hashed is unknown).
+    for first, second in _VARIANT_PAIRS:
+        if first in frame.columns or second in frame.columns:
+            for column in (first, second):
+                if column not in frame.columns:
+                    frame[column] = pd.Series(None, index=index, dtype="object")
+            frame[first] = frame[first].where(frame[first].notna(), frame[second])
+            frame[second] = frame[second].where(frame[second].notna(), frame[first])
+    for target in _HASHED_COLUMN_SOURCES:
+        if target in frame.columns:
+            frame[target] = frame[target].astype("string")
     return frame, dropped
 
 

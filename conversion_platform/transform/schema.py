@@ -3,6 +3,24 @@
 A row that breaks it is quarantined with every failed check; the rest go on. Only what
 makes a row a conversion is checked here: an identity field that couldn't be normalised
 was already dropped (and counted) where the data entered.
+
+Every check is named for what is wrong, so a failed check *is* the quarantine reason:
+
+| reason | the row |
+|---|---|
+| `<column>_missing` | lacks a required field (event id, name, event time, time received, source, consent) |
+| `event_name_not_in_model` | has an event name that is neither a standard name of the model nor a custom name in the model's form (snake_case, starting with a letter, at most 64 characters) |
+| `event_time_older_than_max_age` | happened longer before it was received than the configured maximum age |
+| `event_time_after_received` | is stamped more than the clock-skew allowance (5 minutes) after it was received; closer ones are clamped to the time received before validation |
+| `value_negative` | has a negative value |
+| `currency_missing_with_value`, `currency_not_iso_4217` | has a value without an ISO 4217 currency |
+| `<id column>_too_long` | has an id (event, order, mpid, click id, cookie) over 256 characters, or a URL over 4,096 |
+| `source_unknown`, `action_source_unknown`, `<consent column>_invalid` | has a value outside the model's list |
+| `<hashed column>_not_sha256` | has a hashed identifier that isn't a SHA-256 digest (malformed ones are dropped before validation, so this guards the contract) |
+
+Custom event names are allowed because the model allows them (`events.CUSTOM_EVENT_NAME_PATTERN`)
+and every destination sends them as custom events; a name that isn't in that form
+(`Purchase Completed!!`) can't be mapped anywhere and is quarantined.
 """
 
 from __future__ import annotations
@@ -14,97 +32,158 @@ import pandera.pandas as pa
 
 from conversion_platform import events
 from conversion_platform.transform.currencies import ISO_4217_CODES
+from conversion_platform.transform.dedupe import CLOCK_SKEW_ALLOWANCE
 
 MAX_ID_LENGTH = 256
 MAX_URL_LENGTH = 4_096
 
-#: Client clocks ahead of the server by up to this are clamped to the time received.
-CLOCK_SKEW_ALLOWANCE = timedelta(minutes=5)
+REASON_EVENT_NAME_NOT_IN_MODEL = "event_name_not_in_model"
+REASON_TOO_OLD = "event_time_older_than_max_age"
+REASON_AFTER_RECEIVED = "event_time_after_received"
+REASON_VALUE_NEGATIVE = "value_negative"
+REASON_CURRENCY_MISSING = "currency_missing_with_value"
+REASON_CURRENCY_NOT_ISO = "currency_not_iso_4217"
+REASON_SOURCE_UNKNOWN = "source_unknown"
+REASON_ACTION_SOURCE_UNKNOWN = "action_source_unknown"
 
-CHECK_EVENT_NAME_KNOWN = "event_name_known"
-CHECK_EVENT_TIME_NOT_TOO_OLD = "event_time_not_older_than_max_age"
-CHECK_EVENT_TIME_NOT_IN_FUTURE = "event_time_not_after_received"
-CHECK_CURRENCY_WITH_VALUE = "currency_is_iso_4217_when_value_present"
+ID_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "order_id",
+    "mpid",
+    *events.CLICK_ID_COLUMNS,
+    *events.COOKIE_COLUMNS,
+)
+URL_COLUMNS: tuple[str, ...] = ("page_url", "referrer")
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    events.HOUR_COLUMN,
+    "event_id",
+    "event_name",
+    "event_time",
+    "received_at",
+    "source",
+    "consent_ad_user_data",
+    "consent_ad_personalization",
+)
 
-_ID_COLUMNS = ("event_id", "order_id", "mpid", *events.CLICK_ID_COLUMNS, *events.COOKIE_COLUMNS)
+_SHA256 = r"^[0-9a-f]{64}$"
 
 
-def _bounded(column: str, limit: int, required: bool = False) -> pa.Column:
-    return pa.Column(
-        events.STRING_DTYPE,
-        pa.Check.str_length(max_value=limit, error=f"{column} longer than {limit}"),
-        nullable=not required,
-        required=True,
+def missing_reason(column: str) -> str:
+    return f"{column}_missing"
+
+
+def too_long_reason(column: str) -> str:
+    return f"{column}_too_long"
+
+
+def event_name_in_model(names: pd.Series) -> pd.Series:
+    """True for standard event names and custom names in the model's snake_case form."""
+    names = names.astype("string")
+    standard = names.isin(events.STANDARD_EVENT_NAMES)
+    custom = names.str.fullmatch(events.CUSTOM_EVENT_NAME_PATTERN)
+    return (standard | custom).fillna(False).astype(bool)
+
+
+def _text_column(column: str, *checks: pa.Check) -> pa.Column:
+    return pa.Column(events.STRING_DTYPE, list(checks), nullable=column not in REQUIRED_COLUMNS)
+
+
+def _bounded(column: str, limit: int) -> pa.Column:
+    return _text_column(
+        column,
+        pa.Check.str_length(
+            max_value=limit, name=too_long_reason(column), error=too_long_reason(column)
+        ),
     )
-
-
-def _event_name_known(names: pd.Series) -> pd.Series:
-    known = names.isin(events.STANDARD_EVENT_NAMES)
-    custom = names.str.fullmatch(events.CUSTOM_EVENT_NAME_PATTERN).fillna(False)
-    return (known | custom).astype(bool)
 
 
 def build_conversion_schema(max_event_age: timedelta) -> pa.DataFrameSchema:
     """The schema, with the configured maximum event age (relative to the time received)."""
     columns: dict[str, pa.Column] = {
         events.HOUR_COLUMN: pa.Column(events.TIMESTAMP_DTYPE, nullable=False),
-        "event_id": _bounded("event_id", MAX_ID_LENGTH, required=True),
-        "event_name": pa.Column(
-            events.STRING_DTYPE,
-            pa.Check(_event_name_known, name=CHECK_EVENT_NAME_KNOWN, error="unknown event name"),
-            nullable=False,
+        **{c: _bounded(c, MAX_ID_LENGTH) for c in ID_COLUMNS},
+        **{c: _bounded(c, MAX_URL_LENGTH) for c in URL_COLUMNS},
+        "event_name": _text_column(
+            "event_name",
+            pa.Check(
+                event_name_in_model,
+                name=REASON_EVENT_NAME_NOT_IN_MODEL,
+                error=REASON_EVENT_NAME_NOT_IN_MODEL,
+            ),
         ),
         "event_time": pa.Column(events.TIMESTAMP_DTYPE, nullable=False),
         "received_at": pa.Column(events.TIMESTAMP_DTYPE, nullable=False),
-        "source": pa.Column(events.STRING_DTYPE, pa.Check.isin(events.SOURCES), nullable=False),
-        "action_source": pa.Column(
-            events.STRING_DTYPE, pa.Check.isin(events.ACTION_SOURCES), nullable=True
+        "source": _text_column(
+            "source",
+            pa.Check.isin(
+                list(events.SOURCES), name=REASON_SOURCE_UNKNOWN, error=REASON_SOURCE_UNKNOWN
+            ),
         ),
-        "page_url": _bounded("page_url", MAX_URL_LENGTH),
-        "referrer": _bounded("referrer", MAX_URL_LENGTH),
-        "value": pa.Column("float64", pa.Check.ge(0, error="value is negative"), nullable=True),
+        "action_source": _text_column(
+            "action_source",
+            pa.Check.isin(
+                list(events.ACTION_SOURCES),
+                name=REASON_ACTION_SOURCE_UNKNOWN,
+                error=REASON_ACTION_SOURCE_UNKNOWN,
+            ),
+        ),
+        "value": pa.Column(
+            "float64",
+            pa.Check.ge(0, name=REASON_VALUE_NEGATIVE, error=REASON_VALUE_NEGATIVE),
+            nullable=True,
+        ),
         "currency": pa.Column(events.STRING_DTYPE, nullable=True),
-        "consent_ad_user_data": pa.Column(
-            events.STRING_DTYPE, pa.Check.isin(events.CONSENT_VALUES)
-        ),
-        "consent_ad_personalization": pa.Column(
-            events.STRING_DTYPE, pa.Check.isin(events.CONSENT_VALUES)
-        ),
-        **{c: _bounded(c, MAX_ID_LENGTH) for c in _ID_COLUMNS if c != "event_id"},
         **{
-            c: pa.Column(
-                events.STRING_DTYPE,
-                pa.Check.str_matches(r"^[0-9a-f]{64}$", error=f"{c} is not a SHA-256 digest"),
-                nullable=True,
+            c: _text_column(
+                c,
+                pa.Check.isin(
+                    list(events.CONSENT_VALUES), name=f"{c}_invalid", error=f"{c}_invalid"
+                ),
+            )
+            for c in ("consent_ad_user_data", "consent_ad_personalization")
+        },
+        **{
+            c: _text_column(
+                c, pa.Check.str_matches(_SHA256, name=f"{c}_not_sha256", error=f"{c}_not_sha256")
             )
             for c in events.HASHED_IDENTITY_COLUMNS
         },
     }
     max_age = pd.Timedelta(max_event_age)
     skew = pd.Timedelta(CLOCK_SKEW_ALLOWANCE)
+    has_value = lambda df: df["value"].notna()  # noqa: E731
     return pa.DataFrameSchema(
         columns,
         checks=[
             pa.Check(
+                lambda df: ~((df["received_at"] - df["event_time"]) > max_age),
+                name=REASON_TOO_OLD,
+            ),
+            pa.Check(
+                lambda df: ~((df["event_time"] - df["received_at"]) > skew),
+                name=REASON_AFTER_RECEIVED,
+            ),
+            pa.Check(
+                lambda df: ~(has_value(df) & df["currency"].isna()),
+                name=REASON_CURRENCY_MISSING,
+            ),
+            pa.Check(
                 lambda df: (
-                    (df["received_at"] - df["event_time"] <= max_age) | df["event_time"].isna()
+                    ~(
+                        has_value(df)
+                        & df["currency"].notna()
+                        & ~df["currency"].isin(ISO_4217_CODES).fillna(False)
+                    )
                 ),
-                name=CHECK_EVENT_TIME_NOT_TOO_OLD,
-                error=f"event_time more than {max_event_age} before received_at",
-            ),
-            pa.Check(
-                lambda df: (df["event_time"] - df["received_at"] <= skew) | df["event_time"].isna(),
-                name=CHECK_EVENT_TIME_NOT_IN_FUTURE,
-                error=f"event_time more than {CLOCK_SKEW_ALLOWANCE} after received_at",
-            ),
-            pa.Check(
-                lambda df: df["value"].isna() | df["currency"].isin(ISO_4217_CODES),
-                name=CHECK_CURRENCY_WITH_VALUE,
-                error="value without an ISO 4217 currency",
+                name=REASON_CURRENCY_NOT_ISO,
             ),
         ],
         strict=False,
         coerce=False,
         name="conversion",
-        description="A deduplicated conversion, ready for identity resolution and delivery.",
+        description=(
+            "A deduplicated conversion that can be delivered: required fields present, an "
+            "event name from the model, an event time within the maximum age and not after "
+            "it was received, a non-negative value with an ISO 4217 currency, bounded ids."
+        ),
     )

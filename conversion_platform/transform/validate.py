@@ -1,84 +1,195 @@
-"""Lazy validation: every failing row is quarantined with each failed check."""
+"""Lazy validation: every failing row is quarantined with each failed check.
+
+Before the contract is checked, two repairs that never cost a conversion:
+
+* hashed identifiers that are not SHA-256 digests are dropped and counted
+  (`<column>_malformed`): the identifier can't be used, the conversion can;
+* event times up to the clock-skew allowance after the time received are clamped to the
+  time received and counted (a client clock a little fast); further ahead is invalid.
+
+The rows left failing the schema (`schema.build_conversion_schema`) are returned with
+their reasons, each a failed check's name, joined with `; ` in a fixed order.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pandera.errors
 
-from conversion_platform.transform.schema import CLOCK_SKEW_ALLOWANCE, build_conversion_schema
+from conversion_platform import events
+from conversion_platform.store.quarantine import STAGE_VALIDATION, QuarantinedRecord
+from conversion_platform.transform.dedupe import CLOCK_SKEW_ALLOWANCE
+from conversion_platform.transform.schema import (
+    build_conversion_schema,
+    missing_reason,
+)
+
+REASON_SEPARATOR = "; "
+_SHA256 = r"[0-9a-f]{64}"
+#: Fields shown in a quarantined row's redacted content (none of them personal data).
+DESCRIBED_FIELDS: tuple[str, ...] = (
+    "event_id",
+    "event_name",
+    "event_time",
+    "received_at",
+    "source",
+    "sources",
+    "value",
+    "currency",
+    "order_id",
+    "dedupe_rule",
+)
+_DESCRIBE_LIMIT = 80
 
 
 @dataclass
 class ValidationResult:
-    """Valid rows, invalid rows with their reasons, and how many times were clamped."""
+    """Valid rows; invalid rows with a `reasons` column; what was repaired on the way."""
 
     valid: pd.DataFrame
     invalid: pd.DataFrame
-    reasons: dict[int, list[str]] = field(default_factory=dict)  # position in input -> reasons
-    clamped_event_times: int = 0
+    clamped: pd.Series = field(default_factory=lambda: pd.Series(dtype=bool))  # per input row
+    dropped_identifiers: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def clamped_event_times(self) -> int:
+        return int(self.clamped.sum())
+
+    def reason_counts(self) -> Counter[str]:
+        """How many invalid rows failed each check (a row counts once per check)."""
+        counts: Counter[str] = Counter()
+        if len(self.invalid):
+            exploded = self.invalid["reasons"].str.split(REASON_SEPARATOR).explode()
+            counts.update({str(k): int(v) for k, v in exploded.value_counts().items()})
+        return counts
+
+
+def drop_malformed_identifiers(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[str]]:
+    """Null hashed identity values that aren't SHA-256 digests; count them by column."""
+    dropped: Counter[str] = Counter()
+    out = frame
+    for column in events.HASHED_IDENTITY_COLUMNS:
+        if column not in frame.columns:
+            continue
+        values = frame[column].astype("string")
+        bad = values.notna() & ~values.str.fullmatch(_SHA256).fillna(False)
+        if bad.any():
+            if out is frame:
+                out = frame.copy()
+            out.loc[bad, column] = pd.NA
+            dropped[f"{column}_malformed"] += int(bad.sum())
+    return out, dropped
 
 
 def clamp_client_clock_skew(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Event times ahead of the time received by at most the allowance become the time received."""
-    ahead = frame["event_time"] > frame["received_at"]
-    within = ahead & (
-        frame["event_time"] - frame["received_at"] <= pd.Timedelta(CLOCK_SKEW_ALLOWANCE)
+    ahead = frame["event_time"] - frame["received_at"]
+    within = ((ahead > pd.Timedelta(0)) & (ahead <= pd.Timedelta(CLOCK_SKEW_ALLOWANCE))).fillna(
+        False
     )
     if within.any():
         frame = frame.copy()
         frame.loc[within, "event_time"] = frame.loc[within, "received_at"]
-    return frame, within
+    return frame, within.astype(bool)
+
+
+def _reasons_by_row(failures: pd.DataFrame, n: int) -> pd.Series:
+    """One `; `-joined reason string per failing row position (NA where none failed)."""
+    rows = failures.dropna(subset=["index"])
+    if len(rows) < len(failures):
+        # A failure without a row (a missing column, a wrong dtype) is a bug upstream.
+        raise ValueError(
+            "the frame doesn't have the conversion model's columns: "
+            + "; ".join(
+                f"{c}: {k}"
+                for c, k in failures.loc[failures["index"].isna(), ["column", "check"]]
+                .astype(str)
+                .itertuples(index=False)
+            )
+        )
+    checks = rows["check"].astype(str)
+    columns = rows["column"].astype(str)
+    reason = checks.where(checks != "not_nullable", columns.map(missing_reason))
+    pairs = pd.DataFrame({"index": rows["index"].astype("int64"), "reason": reason})
+    pairs = pairs.drop_duplicates()
+    flags = pd.crosstab(pairs["index"], pairs["reason"]).astype(bool)
+    joined = pd.Series("", index=flags.index, dtype=object)
+    for name in sorted(flags.columns):
+        joined = joined.where(~flags[name], joined + REASON_SEPARATOR + name)
+    joined = joined.str.slice(len(REASON_SEPARATOR))
+    return joined.reindex(range(n))
 
 
 def validate_conversions(frame: pd.DataFrame, max_event_age: timedelta) -> ValidationResult:
     """Split `frame` into valid and invalid rows with the pandera schema (lazy)."""
     frame = frame.reset_index(drop=True)
+    frame, dropped = drop_malformed_identifiers(frame)
     frame, clamped = clamp_client_clock_skew(frame)
     schema = build_conversion_schema(max_event_age)
-    reasons: dict[int, list[str]] = {}
+    reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
     try:
         schema.validate(frame, lazy=True)
     except pandera.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
-        for row in cases.itertuples(index=False):
-            index = row.index
-            if index is None or (isinstance(index, float) and pd.isna(index)):
-                continue  # a column-level failure (missing column) is a code bug, raised below
-            check = str(row.check)
-            column = (
-                row.column if isinstance(row.column, str) and row.column != "conversion" else None
-            )
-            reason = f"{column}: {check}" if column else check
-            reasons.setdefault(int(index), []).append(reason)
-        if not reasons:
-            raise
-    bad = pd.Series(False, index=frame.index)
-    bad[list(reasons)] = True
+        reasons = _reasons_by_row(exc.failure_cases, len(frame))
+    bad = reasons.notna().to_numpy()
+    invalid = frame.loc[bad].copy()
+    invalid["reasons"] = reasons[bad].astype("string")
     return ValidationResult(
         valid=frame.loc[~bad].reset_index(drop=True),
-        invalid=frame.loc[bad],
-        reasons=reasons,
-        clamped_event_times=int(clamped.sum()),
+        invalid=invalid.reset_index(drop=True),
+        clamped=clamped,
+        dropped_identifiers=dropped,
     )
 
 
-def describe_row(row: pd.Series) -> str:
-    """A short redacted description of an invalid row (no personal data: it's hashed)."""
-    fields = {
-        c: row[c]
-        for c in (
-            "event_id",
-            "event_name",
-            "event_time",
-            "received_at",
-            "source",
-            "value",
-            "currency",
-            "order_id",
+def describe_rows(frame: pd.DataFrame) -> pd.Series:
+    """Short redacted descriptions (`event_id=..., value=...`) of rows; no personal data."""
+    text = pd.Series("", index=frame.index, dtype=object)
+    for column in DESCRIBED_FIELDS:
+        if column not in frame.columns:
+            continue
+        values = frame[column]
+        if column in events.TIMESTAMP_COLUMNS:
+            shown = values.dt.strftime("%Y-%m-%dT%H:%M:%S%z")
+        else:
+            shown = values.astype("string").str.slice(0, _DESCRIBE_LIMIT)
+        part = (column + "=" + shown.astype(object)).where(values.notna(), "")
+        text = np.where((text != "") & (part != ""), text + ", " + part, text + part)
+        text = pd.Series(text, index=frame.index, dtype=object)
+    return text
+
+
+def quarantine_records(invalid: pd.DataFrame) -> list[QuarantinedRecord]:
+    """Quarantine records of invalid rows (`ValidationResult.invalid`)."""
+    if invalid.empty:
+        return []
+    described = describe_rows(invalid)
+    hours = pd.to_datetime(invalid[events.HOUR_COLUMN], utc=True)
+    columns = zip(
+        invalid["source"].astype("string").fillna("unknown"),
+        hours.astype(object),
+        invalid["dedupe_key"].astype("string").fillna("").str.slice(0, 200),
+        invalid["reasons"].astype(str),
+        described,
+        invalid["event_id"].astype("string").str.slice(0, 200),
+        invalid["event_name"].astype("string").str.slice(0, 100),
+        strict=True,
+    )
+    return [
+        QuarantinedRecord(
+            stage=STAGE_VALIDATION,
+            source=str(source),
+            hour=hour,
+            origin=f"dedupe_key={key}",
+            reason=reason,
+            raw_redacted=text,
+            event_id=None if pd.isna(event_id) else str(event_id),
+            event_name=None if pd.isna(name) else str(name),
         )
-        if c in row.index and not pd.isna(row[c])
-    }
-    return ", ".join(f"{k}={v}" for k, v in fields.items())
+        for source, hour, key, reason, text, event_id, name in columns
+    ]
