@@ -32,7 +32,14 @@ from typing import Any
 from benchmarks.common import RESULTS_DIR, format_table, load_average, machine
 
 #: Every benchmark, in the order they run; modules that don't exist (yet) are skipped.
-BENCHMARKS: tuple[str, ...] = ("pipeline", "hour_as_run", "backfill", "collector", "delivery")
+BENCHMARKS: tuple[str, ...] = (
+    "pipeline",
+    "hour_as_run",
+    "backfill",
+    "collector",
+    "delivery",
+    "retry_sensor",
+)
 
 #: `--quick`: sizes small enough to run in a minute or two (a smoke run, not figures).
 QUICK: dict[str, Any] = {

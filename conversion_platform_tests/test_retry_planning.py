@@ -25,7 +25,7 @@ from conversion_platform.operations.circuits import (
     reset_circuit,
 )
 from conversion_platform.operations.dead_letters import replay_dead_letters
-from conversion_platform.operations.retry_planner import plan_retries, retry_run_key
+from conversion_platform.operations.retry_planner import plan_retries, retry_run_key, retry_schedule
 from conversion_platform.operations.retry_policy import (
     RetryPolicy,
     RetryPolicyError,
@@ -279,3 +279,23 @@ def test_fingerprint_changes_with_the_value_only(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("TEST_META_TOKEN", "b")
     assert credential_fingerprint(config()) != first
     assert len(first) == 16
+
+
+def test_resolved_hours_are_kept_a_month(engine: Engine) -> None:
+    failed_at = HOUR + timedelta(hours=2)
+    fail(engine, failed_at)
+    plan(engine, failed_at)
+    with engine.begin() as conn:  # the retry run delivered them
+        log.record_event_outcomes(
+            conn,
+            "meta_capi",
+            HOUR,
+            [log.EventOutcome(i, "purchase", log.EVENT_DELIVERED, None, 1) for i in ("e1", "e2")],
+        )
+    [resolved] = plan(engine, failed_at + timedelta(minutes=5)).resolved
+    assert resolved.partition_key == key_for(HOUR)
+    assert [r["state"] for r in retry_schedule(engine)] == ["resolved"]
+    plan(engine, failed_at + timedelta(days=29))
+    assert len(retry_schedule(engine)) == 1
+    plan(engine, failed_at + timedelta(days=31))
+    assert retry_schedule(engine) == []

@@ -119,7 +119,7 @@ def test_failing_500_500_then_recovering_is_delivered_once(
 
     data = platform.tick()  # at the time of the failure: retry 1 is not due yet
     assert not data.run_requests
-    assert "waiting for their next retry" in (data.skip_message or "")
+    assert "1 destination-hour waiting for the next retry" in (data.skip_message or "")
 
     advance_to_next_due(platform)
     [retry_1] = platform.tick().run_requests
