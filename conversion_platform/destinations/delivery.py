@@ -7,7 +7,9 @@ splitting a batch the platform refused as a whole to find the event at fault, an
 recording every attempt and every event's outcome in the delivery log.
 
 An event's outcome is written in the same transaction as the attempt that settled it, so
-a run that dies half-way never forgets what the platform already took.
+a run that dies half-way never forgets what the platform already took. While one batch's
+outcome is written, the next batch is already on its way (one request in flight ahead,
+never after an auth failure), so the platform's time and ours overlap.
 """
 
 from __future__ import annotations
@@ -298,7 +300,7 @@ class HourDeliverer:
                     batch, self.config, ctx.credentials, ctx.mode
                 )
                 future = pool.submit(self._transmit, request) if start else None
-                return _Prepared(ranges[index], batch, request, future)
+                return _Prepared(ranges[index], batch, request, future, now_micros())
 
             prepared: _Prepared | None = None
             for index in range(len(ranges)):
@@ -494,6 +496,8 @@ class HourDeliverer:
         split = False
         for attempt in range(1, max(1, config.in_run_attempts) + 1):
             started = now_micros()
+            if attempt == 1 and prepared.future is not None:
+                started = prepared.sent_at_us
             try:
                 if attempt == 1 and prepared.future is not None:
                     status, body, headers = prepared.future.result()
@@ -555,7 +559,7 @@ class HourDeliverer:
     ) -> _Prepared:
         batch = run.batch(number, positions)
         request = self.destination.build_request(batch, self.config, ctx.credentials, ctx.mode)
-        return _Prepared(positions, batch, request, None)
+        return _Prepared(positions, batch, request, None, now_micros())
 
     def _wait(self, outcome: BatchOutcome, attempt: int) -> float:
         if outcome.retry_after_seconds is not None:
@@ -644,6 +648,8 @@ class _Prepared:
     batch: EventBatch
     request: HttpRequest
     future: Future[tuple[int, bytes, dict[str, str]]] | None
+    #: when the first request left (for a batch already on its way)
+    sent_at_us: int
 
 
 @dataclass
