@@ -2,12 +2,16 @@
 
 The collector runs as a child process (`conversion-platform collector`); this process is
 the load generator: asyncio connections with keep-alive sending pre-built HTTP/1.1
-requests (so the client costs little of the machine's two cores). Two scenarios:
+requests (so the client costs little of the machine's two cores). Scenarios:
 
-* `batched`: server events from a site's backend, 100 per `POST /v1/events`, write key;
+* `batched`: server events from a site's backend, 100 per `POST /v1/events`, write key,
+  8 connections each sending its next batch when the last was answered;
 * `pixel`: single browser hits, `POST /v1/pixel` with a user agent, `_mpid` and `_fbp`
   cookies and an `X-Forwarded-For` from a trusted proxy (many client addresses, as behind
-  a load balancer; the per-address rate limit stays on).
+  a load balancer; the per-address rate limit stays on), 32 connections, closed loop:
+  the most the collector answers;
+* `pixel_paced`: the same hits offered at a fixed rate (2,000/s) over 64 connections,
+  latency counted from each hit's scheduled time: the latency at the target load.
 
 Events are synthetic (`synthetic.TrafficGenerator`): realistic emails, phones, names and
 addresses, hashed by the collector before they are written. Reported per database and
@@ -16,7 +20,8 @@ requests per second, p50/p99/max latency, and a check that every acknowledged ev
 the landing table afterwards.
 
     python -m benchmarks.collector [--databases sqlite,postgresql] [--seconds 10]
-        [--workers 1,2] [--output benchmarks/results/collector.json]
+        [--workers 1,2] [--pixel-rate 2000] [--output benchmarks/results/collector.json]
+    python -m benchmarks collector          # with the other benchmarks' harness
 
 PostgreSQL is measured when `CONVERSION_PLATFORM_TEST_PG_URL` (or `--pg-url`) names a
 server; each run gets a fresh database on it.
@@ -397,29 +402,37 @@ def measure(
     return summary
 
 
+#: Worker processes measured per database: SQLite has one writer (a second process only
+#: queues on its lock), PostgreSQL takes concurrent writers.
+DEFAULT_WORKERS = {"sqlite": (1,), "postgresql": (1, 2)}
+
+
 def run(
     databases: Sequence[str] = ("sqlite", "postgresql"),
     *,
     seconds: float = 10.0,
-    workers: Sequence[int] = (1, 2),
+    workers: Sequence[int] | None = None,
     batched_connections: int = 8,
     pixel_connections: int = 32,
     pixel_rate: float = 2_000.0,
     pg_url: str | None = None,
     output: Path | None = None,
+    quick: bool = False,
 ) -> dict[str, Any]:
-    """Measure every (database, scenario, workers) and return (and optionally write) the
-    results as a dict."""
+    """Measure every (database, workers, scenario); return the results (and write them to
+    `output` when given). `quick`: two seconds a run, one worker (does it all run?)."""
+    if quick:
+        seconds, workers = 2.0, (1,)
     pg_url = pg_url or os.environ.get(PG_URL_VARIABLE)
-    batched = batched_requests(400)
-    pixel = pixel_requests(40_000)
+    batched = batched_requests(100 if quick else 400)
+    pixel = pixel_requests(5_000 if quick else 40_000)
     runs: list[dict[str, Any]] = []
     skipped: list[str] = []
     for database in databases:
         if database == "postgresql" and not pg_url:
             skipped.append(f"postgresql: {PG_URL_VARIABLE} is not set")
             continue
-        for count in workers:
+        for count in workers or DEFAULT_WORKERS.get(database, (1,)):
             for scenario, requests_, connections, rate in (
                 ("batched", batched, batched_connections, None),
                 ("pixel", pixel, pixel_connections, None),
@@ -449,6 +462,9 @@ def run(
                 print(_line(summary), flush=True)
     results = {
         "benchmark": "collector",
+        "description": "collector on loopback from a second process: events/s acknowledged "
+        "(after the commit) and latency; batched = 100 server events a request, pixel = one "
+        "hit a request (closed loop), pixel_paced = hits offered at a fixed rate",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
@@ -458,13 +474,37 @@ def run(
         "batch_size": BATCH_SIZE,
         "seconds_per_run": seconds,
         "targets": TARGETS,
+        "table": [_row(r) for r in runs],
         "runs": runs,
         "skipped": skipped,
+        "notes": [
+            f"targets: batched >= {TARGETS['batched_events_per_second']:,} events/s; pixel >= "
+            f"{TARGETS['pixel_hits_per_second']:,} hits/s with p99 < {TARGETS['pixel_p99_ms']} ms",
+            "load_avg is the machine's 1-minute load before the run: above 2 on two cores, "
+            "other processes took CPU from the collector and the load generator",
+            *skipped,
+        ],
     }
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     return results
+
+
+def _row(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "database": summary["database"],
+        "scenario": summary["scenario"],
+        "workers": summary["workers"],
+        "connections": summary["connections"],
+        "events_per_s": summary["events_per_second"],
+        "requests_per_s": summary["requests_per_second"],
+        "p50_ms": summary["latency_ms"]["p50"],
+        "p99_ms": summary["latency_ms"]["p99"],
+        "server_cpu_us_per_event": summary["server_cpu_us_per_event"],
+        "load_avg": summary["load_average_1m"],
+        "acked_all_stored": summary["every_acknowledged_event_stored"],
+    }
 
 
 def _line(summary: dict[str, Any]) -> str:
@@ -484,22 +524,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--workers", default=None, help="e.g. 1,2 (default: per database)")
     parser.add_argument("--batched-connections", type=int, default=8)
     parser.add_argument("--pixel-connections", type=int, default=32)
     parser.add_argument("--pixel-rate", type=float, default=2_000.0)
     parser.add_argument("--pg-url", default=None)
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    parser.add_argument("--quick", action="store_true", help="two seconds a run")
     args = parser.parse_args(argv)
     run(
         [d.strip() for d in args.databases.split(",") if d.strip()],
         seconds=args.seconds,
-        workers=[int(w) for w in args.workers.split(",")],
+        workers=[int(w) for w in args.workers.split(",")] if args.workers else None,
         batched_connections=args.batched_connections,
         pixel_connections=args.pixel_connections,
         pixel_rate=args.pixel_rate,
         pg_url=args.pg_url,
         output=args.output,
+        quick=args.quick,
     )
     print(f"results: {args.output}")
     return 0

@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import pandas as pd
 import pyarrow as pa
 import requests
 
+from benchmarks.common import machine
 from conversion_platform import events
 from conversion_platform.destinations.config import MODE_DRY_RUN, DestinationConfig
 from conversion_platform.destinations.delivery import EventRun, HourDeliverer, plan_batches
@@ -308,19 +308,23 @@ def run(
     deliver_events: int = 200_000,
     destinations: tuple[str, ...] = tuple(CONFIGS),
     seed: int = 7,
+    quick: bool = False,
 ) -> dict[str, Any]:
-    """Both figures for each destination; the dict written as JSON."""
+    """Both figures for each destination; the dict written as JSON (`quick`: tiny sizes)."""
+    if quick:
+        build_events, deliver_events = 5_000, 2_500
     hour = (datetime.now(UTC) - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
     t0 = time.perf_counter()
     frame = synthetic_frame(build_events, hour, seed)
     generated = time.perf_counter() - t0
     result: dict[str, Any] = {
         "benchmark": "delivery",
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        "description": (
+            f"request bodies built for {build_events:,} events an hour (dry run, no I/O), and "
+            f"{deliver_events:,} events delivered live to the emulator over HTTP, per destination"
+        ),
+        "machine": machine(),
+        "load_average_before": list(os.getloadavg()),
         "build_events": build_events,
         "deliver_events": deliver_events,
         "generate_seconds": round(generated, 1),
@@ -334,6 +338,18 @@ def run(
     with emulator_process() as url, tempfile.TemporaryDirectory(prefix="bench-delivery-") as work:
         for name in destinations:
             result["deliver"][name] = deliver(part, name, url, Path(work))
+    result["load_average_after"] = list(os.getloadavg())
+    result["table"] = [
+        {
+            "destination": name,
+            "build_events_per_s": result["build"][name]["events_per_second"],
+            "build_seconds": result["build"][name]["seconds"],
+            "deliver_events_per_s": result["deliver"][name]["events_per_second"],
+            "deliver_requests": result["deliver"][name]["requests"],
+            "emulator_accepted": result["deliver"][name]["emulator_accepted"],
+        }
+        for name in destinations
+    ]
     return result
 
 
@@ -345,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run(args.build_events, args.deliver_events, tuple(args.destination or CONFIGS))
     print(
-        f"Delivery benchmark ({result['machine']['cpus']} CPUs, Python {result['machine']['python']})"
+        f"Delivery benchmark ({result['machine']['nproc']} CPUs, Python "
+        f"{result['machine']['python']}, load average {result['load_average_before'][0]:.1f})"
     )
     print(f"\nBuilding request bodies, {args.build_events:,} events an hour:")
     print(f"{'destination':<12} {'seconds':>8} {'events/s':>12} {'requests':>9} {'MB':>8}")

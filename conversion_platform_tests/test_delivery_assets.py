@@ -4,8 +4,8 @@ Scope: a partitioned `delivery/<name>` asset built by the factory delivers its h
 over HTTP and reports sent / accepted / rejected / expired / pending / match quality in
 its metadata; Google's asset polls the request status in the same run, so its events end
 delivered; a run whose retryable batches stay undelivered fails after recording them,
-and re-materialising the partition sends only the rest; a permanent rejection is reported,
-not raised.
+and re-materialising the partition sends only the rest; a permanent rejection is reported
+and dead-lettered, not raised.
 """
 
 from __future__ import annotations
@@ -116,4 +116,6 @@ def test_a_permanent_rejection_is_reported_not_raised(
         metadata = _metadata(instance, "snapchat")
     assert metadata["delivered"] == 2 and metadata["rejected"] == 1
     assert "bad click id" in str(metadata["rejected_by_reason"])
-    assert outcomes(engine, "snapchat")["p-0001"][0] == "permanent"
+    # The asset dead-letters a permanent rejection at once, keeping the platform's reason.
+    status, reason = outcomes(engine, "snapchat")["p-0001"]
+    assert status == "dead_letter" and "bad click id" in (reason or "")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from conversion_platform.collector.database import no_lock, writer_lock
 from conversion_platform.ingest.landing_writer import (
     LandingResult,
     PreparedLanding,
@@ -79,6 +80,7 @@ class GroupCommitter:
         self, engine: Engine, *, max_group_events: int = 20_000, max_queued: int = 100_000
     ):
         self.engine = engine
+        self._lock = writer_lock(engine)
         self.max_group_events = max_group_events
         self.max_queued = max_queued
         self.stats = CommitStats()
@@ -167,7 +169,7 @@ class GroupCommitter:
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = self.engine.connect()
         try:
-            with self._conn.begin():
+            with self._lock.held() if self._lock else no_lock(), self._conn.begin():
                 commit_prepared(self._conn, prepared)
         except Exception:
             self._discard_connection()  # the next commit starts on a fresh connection

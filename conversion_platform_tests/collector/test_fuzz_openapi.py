@@ -40,7 +40,7 @@ def test_no_request_produces_a_server_error(collector: RunningCollector, mode: G
 
     @given(case=schema.as_strategy(generation_mode=mode))
     @settings(
-        max_examples=150,
+        max_examples=100,
         deadline=None,
         suppress_health_check=list(HealthCheck),
         derandomize=True,
