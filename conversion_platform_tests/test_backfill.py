@@ -55,6 +55,15 @@ def _home(
     # would stop hours here, and in a range run it stops the whole range (see the README's
     # backfill section); this test compares the hours' data, so the check never blocks.
     monkeypatch.setenv("CONVERSION_PLATFORM_MAX_INVALID_RATE", "1.0")
+    # One destination (dry run: request bodies to the outbox) keeps 49 runs affordable; the
+    # delivery code is the same factory for all of them.
+    destinations = root / f"{name}-destinations.yaml"
+    destinations.write_text(
+        "destinations:\n  meta_capi:\n    platform: meta_capi\n"
+        "    settings: {pixel_id: '1234567890', api_version: v24.0}\n"
+        "    credentials: {access_token: BACKFILL_TEST_UNSET_TOKEN}\n"
+    )
+    monkeypatch.setenv("CONVERSION_PLATFORM_DESTINATIONS", str(destinations))
     settings = Settings.from_env()
     generator = TrafficGenerator(seed=48, people=120)
     traffic = generator.generate(hours, conversions_per_hour=4)

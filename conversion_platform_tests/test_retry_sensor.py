@@ -163,7 +163,8 @@ def test_permanent_rejection_is_dead_lettered_at_once(
     result = platform.run_hour(hour)
     assert result.success, "permanent rejections are reported, not raised"
     statuses = event_statuses(engine)
-    rejected = with_status(statuses, "dead_letter")
+    # The delivery log keeps what the platform said; the dead letters hold them with the reason.
+    rejected = with_status(statuses, "permanent")
     assert rejected and with_status(statuses, "retryable", "delivered") == set()
     rows = dead_letter_rows(engine)
     assert {r["event_id"] for r in rows} == rejected
@@ -173,6 +174,8 @@ def test_permanent_rejection_is_dead_lettered_at_once(
     platform.clock.advance(7 * 24 * 3600)
     data = platform.tick()
     assert not data.run_requests, "a permanent error must never be retried"
+    assert data.skip_message == "nothing to retry: every delivered hour is settled"
+    assert len(dead_letter_rows(engine)) == len(rejected), "a sweep must not add them twice"
     assert emulator.accepted() == {}
     report = latest_materialization_metadata(instance, REPORT_KEY, platform.key(hour))
     assert report["dead_lettered"] == report["rejected"] == len(rejected)

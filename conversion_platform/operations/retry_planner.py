@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -44,6 +44,8 @@ _MICROS = 1_000_000
 _RETRY_AFTER_LOOKBACK_US = 7 * 86_400 * _MICROS
 #: Resolved destination-hours are kept this long (the report shows their retries), then pruned.
 _RESOLVED_KEPT_US = 30 * 86_400 * _MICROS
+#: How far back the sensor looks for permanent rejections not yet dead-lettered.
+_REJECTED_SWEEP_DAYS = 2
 #: Databases whose operations indexes were checked in this process.
 _INDEXED: set[str] = set()
 
@@ -239,7 +241,10 @@ def plan_retries(
         change = sync_circuit(engine, config)
         if change is not None:
             plan.circuit_changes.append(change)
-    plan.rejected_dead_lettered = dead_letter_rejected(engine)
+    # The delivery runs dead-letter their rejections themselves; this catches any they missed.
+    plan.rejected_dead_lettered = dead_letter_rejected(
+        engine, updated_since=now - timedelta(days=_REJECTED_SWEEP_DAYS)
+    )
     circuits = read_circuits(engine)
     busy = set(busy_partitions)
 
