@@ -8,7 +8,10 @@ Nothing here is faked: runs are real `execute_in_process` runs of the project's 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +40,21 @@ TOKEN_VARIABLE = "META_CAPI_ACCESS_TOKEN"
 DESTINATION = "meta_capi"
 #: Dagster's console logger at WARNING: test output stays readable.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@contextmanager
+def memory_backed_instance() -> Iterator[dg.DagsterInstance]:
+    """A persistent test instance (what `build_sensor_context` needs) kept in tmpfs.
+
+    Dagster's SQLite storage commits every event; on a busy disk those syncs, not the
+    work, dominated these tests. Falls back to the default temporary folder.
+    """
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with (
+        tempfile.TemporaryDirectory(prefix="cp-dagster-", dir=shm) as folder,
+        dg.instance_for_test(temp_dir=folder) as instance,
+    ):
+        yield instance
 
 
 def write_emulator_destinations(path: Path, emulator_url: str, *, in_run_attempts: int = 1) -> Path:

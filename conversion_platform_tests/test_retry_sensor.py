@@ -43,6 +43,7 @@ from conversion_platform_tests.operations_support import (
     hours_back,
     land_clean_traffic,
     latest_materialization_metadata,
+    memory_backed_instance,
     with_status,
     write_emulator_destinations,
 )
@@ -76,7 +77,7 @@ def live_settings(
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+    with memory_backed_instance() as instance:
         yield instance
 
 
