@@ -135,6 +135,16 @@ class Emulator:
         return dict(self.stats()["accepted_by_event_id"])
 
 
+@dataclass(frozen=True)
+class Tick:
+    """What one sensor evaluation asked for, after the daemon's run-key deduplication."""
+
+    run_requests: list[dg.RunRequest]
+    skip_message: str | None
+    cursor: str | None
+    asset_events: list[Any]
+
+
 @dataclass
 class Platform:
     """The project's Definitions on a real test instance, with a frozen clock for the sensor."""
@@ -145,6 +155,8 @@ class Platform:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     cursor: str | None = None
     runs: list[dg.ExecuteInProcessResult] = field(default_factory=list)
+    #: run keys the sensor already had launched: the daemon skips a request that reuses one
+    used_run_keys: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.sensor = build_delivery_retry_sensor(clock=self.clock, policy=self.policy)
@@ -181,7 +193,7 @@ class Platform:
         self.runs.append(result)
         return result
 
-    def tick(self) -> dg.SensorResult | Any:
+    def tick(self) -> Tick:
         """One evaluation of the retry sensor at the frozen clock's time."""
         context = dg.build_sensor_context(
             instance=self.instance,
@@ -192,7 +204,10 @@ class Platform:
         )
         data = self.sensor.evaluate_tick(context)
         self.cursor = data.cursor
-        return data
+        # As the sensor daemon does: a run key already used by this sensor launches nothing.
+        fresh = [r for r in data.run_requests or [] if r.run_key not in self.used_run_keys]
+        self.used_run_keys.update(r.run_key for r in fresh if r.run_key)
+        return Tick(fresh, data.skip_message, data.cursor, list(data.asset_events))
 
     def execute(
         self, run_request: dg.RunRequest, job_name: str = "delivery_retry_job"
