@@ -29,7 +29,7 @@ from conversion_platform.settings import REPO_ROOT, Settings
 from conversion_platform.store.database import engine_for
 from conversion_platform.store.tables import delivery_events, quarantine
 from conversion_platform.synthetic import TrafficGenerator, write_server_logs
-from conversion_platform_tests.operations_support import QUIET, hours_back
+from conversion_platform_tests.operations_support import QUIET, hours_back, memory_backed_instance
 
 HOURS = 48
 STAGES = (
@@ -136,7 +136,7 @@ def test_48_hours_in_one_run_equal_the_hours_one_by_one(
         for key in keys
     }
 
-    with dg.instance_for_test() as instance:
+    with memory_backed_instance() as instance:
         job = build_definitions(backfill).resolve_job_def("hourly_conversions_job")
         result = job.execute_in_process(
             instance=instance,
