@@ -63,6 +63,16 @@ from conversion_platform.collector.group_commit import (
     Overloaded,
     StorageUnavailable,
 )
+from conversion_platform.collector.http import (
+    ApiError,
+    error_response,
+    http_error,
+    json_response,
+    parse_json,
+    read_body,
+    server_error,
+    unauthorized,
+)
 from conversion_platform.collector.openapi import openapi_document
 from conversion_platform.collector.rate_limit import RateLimiter, retry_after_header
 from conversion_platform.collector.write_keys import authenticate, bearer_token
@@ -89,74 +99,6 @@ CLOCK_SKEW = timedelta(minutes=5)
 RECEIVED_AT_HEADER = "x-received-at"
 #: Events checked and hashed between two yields to the event loop (about 5 ms of work).
 PREPARE_SLICE = 100
-
-
-class ApiError(Exception):
-    """An answer other than success: status, machine-readable code, human message."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        errors: list[str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-        self.errors = errors
-
-
-def json_response(
-    status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
-) -> Response:
-    return Response(
-        orjson.dumps(payload), status_code=status, headers=headers, media_type="application/json"
-    )
-
-
-def error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> Response:
-    payload: dict[str, Any] = {"error": error.code, "message": error.message}
-    if error.errors is not None:
-        payload["errors"] = error.errors
-    return json_response(error.status, payload, {**(headers or {}), **error.headers})
-
-
-def _unauthorized(message: str) -> ApiError:
-    return ApiError(
-        401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="collector"'}
-    )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            raise ApiError(400, "bad_request", "Content-Length is not a number") from None
-        if length > limit:
-            raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
 
 
 class Collector:
@@ -201,8 +143,8 @@ class Collector:
         source = authenticate(bearer_token(header), self.config.sources)
         if source is None:
             if header is None:
-                raise _unauthorized("a write key is required: Authorization: Bearer <key>")
-            raise _unauthorized("the write key is not valid")
+                raise unauthorized("a write key is required: Authorization: Bearer <key>")
+            raise unauthorized("the write key is not valid")
         return source
 
     async def land(self, prepared: PreparedLanding) -> LandingResult:
@@ -286,7 +228,7 @@ class Collector:
             now = datetime.now(UTC)
             origin = f"collector:/v1/events:{source.name}:{request_id}"
             try:
-                payload = _parse_json(body)
+                payload = parse_json(body)
                 batch = payload.get("events") if isinstance(payload, dict) else None
                 if not isinstance(batch, list):
                     raise ApiError(
@@ -434,7 +376,7 @@ class Collector:
             else:
                 body = await read_body(request, self.config.max_pixel_body_bytes)
                 try:
-                    payload = _parse_json(body)
+                    payload = parse_json(body)
                     if not isinstance(payload, dict):
                         raise ApiError(400, "invalid_request", "the body must be a JSON object")
                 except ApiError as exc:
@@ -544,28 +486,6 @@ def _landing_payload(result: LandingResult) -> dict[str, Any]:
     }
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
-    messages = {
-        404: "no such endpoint",
-        405: f"{request.method} is not allowed here",
-    }
-    return json_response(
-        exc.status_code,
-        {
-            "error": codes.get(exc.status_code, "http_error"),
-            "message": messages.get(exc.status_code, str(exc.detail)),
-        },
-        exc.headers,
-    )
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    logger.error("unhandled error on %s: %s", request.scope.get("path"), type(exc).__name__)
-    return json_response(500, {"error": "internal_error", "message": "unexpected error"})
-
-
 class CollectorApp:
     """The ASGI app: the three hot routes are dispatched directly, the rest by Starlette.
 
@@ -596,7 +516,7 @@ class CollectorApp:
         try:
             response = await handler(request)
         except Exception as exc:
-            response = await _server_error(request, exc)
+            response = await server_error(request, exc)
         await response(scope, receive, send)
 
 
@@ -623,7 +543,7 @@ def create_app(config: CollectorConfig, engine: Engine) -> CollectorApp:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.collector = collector
     return CollectorApp(collector, app)

@@ -339,4 +339,3 @@ def record_to_stored_row(
     row.update(hashed)
     row["value_verified"] = value_verified
     return row
-

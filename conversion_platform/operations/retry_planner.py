@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -44,6 +44,8 @@ _MICROS = 1_000_000
 _RETRY_AFTER_LOOKBACK_US = 7 * 86_400 * _MICROS
 #: Resolved destination-hours are kept this long (the report shows their retries), then pruned.
 _RESOLVED_KEPT_US = 30 * 86_400 * _MICROS
+#: How far back the sensor looks for permanent rejections not yet dead-lettered.
+_REJECTED_SWEEP_DAYS = 2
 #: Databases whose operations indexes were checked in this process.
 _INDEXED: set[str] = set()
 
@@ -52,9 +54,17 @@ def _hours(n: int) -> str:
     return f"{n} destination-hour" + ("" if n == 1 else "s")
 
 
-def retry_run_key(destination: str, partition_key: str, retry_number: int) -> str:
-    """The deterministic run key of retry `retry_number` of one destination-hour."""
-    return f"delivery_retry:{destination}:{partition_key}:retry-{retry_number}"
+def retry_run_key(
+    destination: str, partition_key: str, cycle_started_at_us: int, retry_number: int
+) -> str:
+    """The deterministic run key of retry `retry_number` of one destination-hour's cycle.
+
+    The cycle (when this round of retries began: first failure, replay, circuit closed)
+    is in the key because Dagster skips a run key a sensor has used before: retry 1 after a
+    replay must not be mistaken for retry 1 of the first outage.
+    """
+    cycle = from_micros(cycle_started_at_us).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"delivery_retry:{destination}:{partition_key}:cycle-{cycle}:retry-{retry_number}"
 
 
 @dataclass(frozen=True)
@@ -239,7 +249,10 @@ def plan_retries(
         change = sync_circuit(engine, config)
         if change is not None:
             plan.circuit_changes.append(change)
-    plan.rejected_dead_lettered = dead_letter_rejected(engine)
+    # The delivery runs dead-letter their rejections themselves; this catches any they missed.
+    plan.rejected_dead_lettered = dead_letter_rejected(
+        engine, updated_since=now - timedelta(days=_REJECTED_SWEEP_DAYS)
+    )
     circuits = read_circuits(engine)
     busy = set(busy_partitions)
 
@@ -356,7 +369,9 @@ def plan_retries(
                     row["pending_events"] = 0
                     plan.dead_lettered.append(DestinationHour(destination, key, moved, give_up))
                 elif due_us <= now_us:
-                    run_key = retry_run_key(destination, key, retry_number)
+                    run_key = retry_run_key(
+                        destination, key, int(row["cycle_started_at_us"]), retry_number
+                    )
                     row["retries_requested"] = retry_number
                     row["last_requested_at_us"] = now_us
                     row["last_run_key"] = run_key

@@ -254,7 +254,9 @@ def assign_dedupe_keys(
         # Per component, on integer codes (pandas' string min/nunique run per group in Python).
         id_codes, id_texts = pd.factorize(ids, sort=True)
         order_codes, order_texts = pd.factorize(orders, sort=True)
-        sender_codes, sender_texts = pd.factorize(sender.iloc[idx].reset_index(drop=True), sort=True)
+        sender_codes, sender_texts = pd.factorize(
+            sender.iloc[idx].reset_index(drop=True), sort=True
+        )
         distinct_ids = _distinct_per_group(component, id_codes)
         all_have_id = _largest_per_group(component, (id_codes < 0).astype(np.int64)) == 0
         by_event_id = (distinct_ids == 1) & all_have_id

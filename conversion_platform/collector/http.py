@@ -1,0 +1,108 @@
+"""The collector's HTTP plumbing: JSON error answers, bounded request bodies, JSON parsing.
+
+Every refusal is `{"error": code, "message": text}` (plus `errors` where there are
+several reasons), with the status and headers the refusal calls for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An answer other than success: status, machine-readable code, human message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        errors: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.errors = errors
+
+
+def json_response(
+    status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(payload), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> Response:
+    payload: dict[str, Any] = {"error": error.code, "message": error.message}
+    if error.errors is not None:
+        payload["errors"] = error.errors
+    return json_response(error.status, payload, {**(headers or {}), **error.headers})
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(
+        401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="collector"'}
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise ApiError(400, "bad_request", "Content-Length is not a number") from None
+        if length > limit:
+            raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    messages = {
+        404: "no such endpoint",
+        405: f"{request.method} is not allowed here",
+    }
+    return json_response(
+        exc.status_code,
+        {
+            "error": codes.get(exc.status_code, "http_error"),
+            "message": messages.get(exc.status_code, str(exc.detail)),
+        },
+        exc.headers,
+    )
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    logger.error("unhandled error on %s: %s", request.scope.get("path"), type(exc).__name__)
+    return json_response(500, {"error": "internal_error", "message": "unexpected error"})
