@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime, timedelta
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from conversion_platform.settings import Settings
+
+if TYPE_CHECKING:  # pandas is imported when a command needs it: `--help` stays quick
+    import pandas as pd
 
 
 class HourError(ValueError):
@@ -90,6 +92,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def _print_frame(frame: pd.DataFrame, empty: str) -> None:
+    import pandas as pd
+
     if frame.empty:
         print(empty)
         return
@@ -98,6 +102,8 @@ def _print_frame(frame: pd.DataFrame, empty: str) -> None:
 
 
 def _hour_key(micros: object) -> str:
+    import pandas as pd
+
     return pd.Timestamp(int(micros), unit="us", tz="UTC").strftime("%Y-%m-%d-%H:%M")  # type: ignore[arg-type]
 
 
@@ -118,6 +124,8 @@ def show_retries(args: argparse.Namespace) -> int:
     )
 
     engine = _engine()
+    import pandas as pd
+
     rows = [r for r in retry_schedule(engine, args.destination) if r["state"] != "resolved"]
     known = {(r["destination"], r["hour_us"]) for r in rows}
     for (destination, hour_us), count in sorted(pending_destination_hours(engine).items()):

@@ -308,3 +308,52 @@ def test_resolved_hours_are_kept_a_month(engine: Engine) -> None:
     assert len(retry_schedule(engine)) == 1
     plan(engine, failed_at + timedelta(days=31))
     assert retry_schedule(engine) == []
+
+
+def test_operator_commands_read_the_same_state(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conversion_platform import cli
+
+    failed_at = HOUR + timedelta(hours=2)
+    fail(engine, failed_at)
+    assert cli.main(["retries"]) == 0
+    assert "not yet seen by the sensor" in capsys.readouterr().out
+    plan(engine, failed_at, RetryPolicy(jitter_ratio=0))
+    assert cli.main(["retries", "--destination", "meta_capi"]) == 0
+    out = capsys.readouterr().out
+    assert "waiting" in out and "2026-03-02 12:01:00" in out
+    assert cli.main(["dead-letters"]) == 0
+    assert "no dead letters" in capsys.readouterr().out
+    assert (
+        cli.main(
+            [
+                "replay",
+                "--destination",
+                "meta_capi",
+                "--from",
+                "2026-03-02-10:30",
+                "--to",
+                "2026-03-02-11:00",
+            ]
+        )
+        == 2
+    )
+    assert "not on the hour" in capsys.readouterr().out
+    assert (
+        cli.main(
+            [
+                "replay",
+                "--destination",
+                "meta_capi",
+                "--from",
+                "2026-03-02T10:00Z",
+                "--to",
+                "2026-03-02-09:00",
+            ]
+        )
+        == 2
+    )
+    assert "--to is before --from" in capsys.readouterr().out
+    assert cli.main(["circuit", "reset"]) == 2
+    assert "needs --destination" in capsys.readouterr().out
