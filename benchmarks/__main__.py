@@ -14,6 +14,7 @@ signature takes them.
     python -m benchmarks pipeline --sizes 100000,300000,1000000
     python -m benchmarks backfill --hours 24 --records-per-hour 5000
     python -m benchmarks --quick                          # tiny sizes: does it all still run?
+    python -m benchmarks --combine results/run-A.json results/run-B.json --reference
 """
 
 from __future__ import annotations
@@ -27,12 +28,20 @@ import sys
 import time
 import traceback
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, format_table, load_average, machine
 
 #: Every benchmark, in the order they run; modules that don't exist (yet) are skipped.
-BENCHMARKS: tuple[str, ...] = ("pipeline", "hour_as_run", "backfill", "collector", "delivery")
+BENCHMARKS: tuple[str, ...] = (
+    "pipeline",
+    "hour_as_run",
+    "backfill",
+    "collector",
+    "delivery",
+    "retry_sensor",
+)
 
 #: `--quick`: sizes small enough to run in a minute or two (a smoke run, not figures).
 QUICK: dict[str, Any] = {
@@ -63,6 +72,35 @@ def _print_result(name: str, result: dict[str, Any]) -> None:
         print(format_table([flat]) if flat else json.dumps(result, indent=2, default=str)[:4000])
     for note in result.get("notes", []):
         print(f"  note: {note}")
+
+
+def _combine(paths: list[Path], reference: bool) -> int:
+    """One results file from several runs (benchmarks run separately, e.g. in parallel)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    combined: dict[str, Any] = {
+        "combined_from": [p.name for p in paths],
+        "started_at": min(r["started_at"] for r in runs),
+        "finished_at": max(r.get("finished_at", r["started_at"]) for r in runs),
+        "machine": runs[-1]["machine"],
+        "load_average_at_start": [r.get("load_average_at_start") for r in runs],
+        "load_average_at_end": [r.get("load_average_at_end") for r in runs],
+        "commands": [r.get("command") for r in runs],
+        "benchmarks": {},
+        "skipped": {},
+        "failed": {},
+    }
+    for run in runs:
+        for key in ("benchmarks", "skipped", "failed"):
+            combined[key].update(run.get(key, {}))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / "latest.json"
+    path.write_text(json.dumps(combined, indent=2, default=str) + "\n")
+    if reference:
+        shutil.copy(path, RESULTS_DIR / "reference.json")
+    for name, result in combined["benchmarks"].items():
+        _print_result(name, result)
+    print(f"\ncombined into {path}{' and reference.json' if reference else ''}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference", action="store_true", help="also write results/reference.json"
     )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="RUN_JSON",
+        help="merge the benchmarks of earlier run files (later files win) instead of running",
+    )
     args = parser.parse_args(argv)
+    if args.combine:
+        return _combine([Path(p) for p in args.combine], args.reference)
 
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:

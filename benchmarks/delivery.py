@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import pandas as pd
 import pyarrow as pa
 import requests
 
+from benchmarks.common import machine
 from conversion_platform import events
 from conversion_platform.destinations.config import MODE_DRY_RUN, DestinationConfig
 from conversion_platform.destinations.delivery import EventRun, HourDeliverer, plan_batches
@@ -205,7 +205,7 @@ def build_bodies(frame: pd.DataFrame, name: str, chunk_rows: int = 100_000) -> d
     config = config_for(name, MODE_DRY_RUN)
     size = destination.batch_size(config)
     now = datetime.now(UTC)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     encode_seconds = 0.0
     requests_built = body_bytes = sendable = 0
     carry = None
@@ -232,9 +232,12 @@ def build_bodies(frame: pd.DataFrame, name: str, chunk_rows: int = 100_000) -> d
             requests_built += 1
             body_bytes += len(body)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     return {
         "events": len(frame),
         "sendable": sendable,
+        "cpu_seconds": round(cpu_seconds, 3),
+        "events_per_cpu_second": round(len(frame) / cpu_seconds),
         "requests": requests_built,
         "seconds": round(seconds, 3),
         "encode_seconds": round(encode_seconds, 3),
@@ -249,8 +252,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU time a process has used (Linux `/proc`), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def emulator_process() -> Iterator[str]:
+def emulator_process() -> Iterator[tuple[str, int]]:
     """The emulator in its own process (its own core), on a free loopback port."""
     port = _free_port()
     process = subprocess.Popen(
@@ -269,13 +278,15 @@ def emulator_process() -> Iterator[str]:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("the emulator did not start") from None
                 time.sleep(0.1)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(10)
 
 
-def deliver(frame: pd.DataFrame, name: str, emulator_url: str, work_dir: Path) -> dict[str, Any]:
+def deliver(
+    frame: pd.DataFrame, name: str, emulator_url: str, work_dir: Path, emulator_pid: int
+) -> dict[str, Any]:
     """Deliver the hour live to the emulator through `HourDeliverer`; timed."""
     destination = destination_for(name, CONFIGS[name].get("settings"))
     config = config_for(name, "live", f"{emulator_url}/{EMULATOR_PREFIX[name]}")
@@ -284,9 +295,12 @@ def deliver(frame: pd.DataFrame, name: str, emulator_url: str, work_dir: Path) -
     requests.post(f"{emulator_url}/_emulator/reset", timeout=10)
     hour = frame[events.HOUR_COLUMN].iloc[0].to_pydatetime()
     deliverer = HourDeliverer(engine, destination, config, session, work_dir / "outbox")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    emulator_cpu_started = cpu_seconds_of(emulator_pid)
     report = deliverer.deliver_hour(frame, hour, "bench")
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
+    emulator_cpu = cpu_seconds_of(emulator_pid) - emulator_cpu_started
     stats = requests.get(f"{emulator_url}/_emulator/stats", timeout=10).json()[
         EMULATOR_PREFIX[name]
     ]
@@ -300,6 +314,13 @@ def deliver(frame: pd.DataFrame, name: str, emulator_url: str, work_dir: Path) -
         "requests": report.requests,
         "seconds": round(seconds, 3),
         "events_per_second": round(len(frame) / seconds),
+        # CPU time on each side: what the figures would be without other work on the machine.
+        "client_cpu_seconds": round(cpu_seconds, 3),
+        "emulator_cpu_seconds": round(emulator_cpu, 3),
+        "client_events_per_cpu_second": round(len(frame) / cpu_seconds),
+        "emulator_events_per_cpu_second": round(len(frame) / emulator_cpu)
+        if emulator_cpu
+        else None,
     }
 
 
@@ -308,19 +329,23 @@ def run(
     deliver_events: int = 200_000,
     destinations: tuple[str, ...] = tuple(CONFIGS),
     seed: int = 7,
+    quick: bool = False,
 ) -> dict[str, Any]:
-    """Both figures for each destination; the dict written as JSON."""
+    """Both figures for each destination; the dict written as JSON (`quick`: tiny sizes)."""
+    if quick:
+        build_events, deliver_events = 5_000, 2_500
     hour = (datetime.now(UTC) - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
     t0 = time.perf_counter()
     frame = synthetic_frame(build_events, hour, seed)
     generated = time.perf_counter() - t0
     result: dict[str, Any] = {
         "benchmark": "delivery",
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        "description": (
+            f"request bodies built for {build_events:,} events an hour (dry run, no I/O), and "
+            f"{deliver_events:,} events delivered live to the emulator over HTTP, per destination"
+        ),
+        "machine": machine(),
+        "load_average_before": list(os.getloadavg()),
         "build_events": build_events,
         "deliver_events": deliver_events,
         "generate_seconds": round(generated, 1),
@@ -331,9 +356,28 @@ def run(
         result["build"][name] = build_bodies(frame, name)
     os.environ["BENCH_DELIVERY_ACCESS_TOKEN"] = "bench-token"
     part = frame.iloc[:deliver_events].reset_index(drop=True)
-    with emulator_process() as url, tempfile.TemporaryDirectory(prefix="bench-delivery-") as work:
+    with (
+        emulator_process() as (url, pid),
+        tempfile.TemporaryDirectory(prefix="bench-delivery-") as work,
+    ):
         for name in destinations:
-            result["deliver"][name] = deliver(part, name, url, Path(work))
+            result["deliver"][name] = deliver(part, name, url, Path(work), pid)
+    result["load_average_after"] = list(os.getloadavg())
+    result["table"] = [
+        {
+            "destination": name,
+            "build_events_per_s": result["build"][name]["events_per_second"],
+            "build_events_per_cpu_s": result["build"][name]["events_per_cpu_second"],
+            "deliver_events_per_s": result["deliver"][name]["events_per_second"],
+            "deliver_client_events_per_cpu_s": result["deliver"][name][
+                "client_events_per_cpu_second"
+            ],
+            "emulator_events_per_cpu_s": result["deliver"][name]["emulator_events_per_cpu_second"],
+            "deliver_requests": result["deliver"][name]["requests"],
+            "emulator_accepted": result["deliver"][name]["emulator_accepted"],
+        }
+        for name in destinations
+    ]
     return result
 
 
@@ -345,20 +389,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run(args.build_events, args.deliver_events, tuple(args.destination or CONFIGS))
     print(
-        f"Delivery benchmark ({result['machine']['cpus']} CPUs, Python {result['machine']['python']})"
+        f"Delivery benchmark ({result['machine']['nproc']} CPUs, Python "
+        f"{result['machine']['python']}, load average {result['load_average_before'][0]:.1f})"
     )
     print(f"\nBuilding request bodies, {args.build_events:,} events an hour:")
-    print(f"{'destination':<12} {'seconds':>8} {'events/s':>12} {'requests':>9} {'MB':>8}")
+    print(
+        f"{'destination':<12} {'seconds':>8} {'events/s':>10} {'CPU s':>7} "
+        f"{'events/CPU s':>13} {'requests':>9} {'MB':>7}"
+    )
     for name, figures in result["build"].items():
         print(
-            f"{name:<12} {figures['seconds']:>8.2f} {figures['events_per_second']:>12,} "
-            f"{figures['requests']:>9,} {figures['body_megabytes']:>8.1f}"
+            f"{name:<12} {figures['seconds']:>8.2f} {figures['events_per_second']:>10,} "
+            f"{figures['cpu_seconds']:>7.2f} {figures['events_per_cpu_second']:>13,} "
+            f"{figures['requests']:>9,} {figures['body_megabytes']:>7.1f}"
         )
     print(f"\nDelivering to the emulator over HTTP, {args.deliver_events:,} events:")
-    print(f"{'destination':<12} {'seconds':>8} {'events/s':>12} {'requests':>9} {'accepted':>9}")
+    print(
+        f"{'destination':<12} {'seconds':>8} {'events/s':>10} {'client CPU s':>13} "
+        f"{'emulator CPU s':>15} {'requests':>9} {'accepted':>9}"
+    )
     for name, figures in result["deliver"].items():
         print(
-            f"{name:<12} {figures['seconds']:>8.2f} {figures['events_per_second']:>12,} "
+            f"{name:<12} {figures['seconds']:>8.2f} {figures['events_per_second']:>10,} "
+            f"{figures['client_cpu_seconds']:>13.2f} {figures['emulator_cpu_seconds']:>15.2f} "
             f"{figures['requests']:>9,} {figures['emulator_accepted']:>9,}"
         )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

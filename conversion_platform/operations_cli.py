@@ -112,9 +112,28 @@ def show_dead_letters(args: argparse.Namespace) -> int:
 
 
 def show_retries(args: argparse.Namespace) -> int:
-    from conversion_platform.operations.retry_planner import retry_schedule
+    from conversion_platform.operations.retry_planner import (
+        pending_destination_hours,
+        retry_schedule,
+    )
 
-    rows = retry_schedule(_engine(), args.destination)
+    engine = _engine()
+    rows = [r for r in retry_schedule(engine, args.destination) if r["state"] != "resolved"]
+    known = {(r["destination"], r["hour_us"]) for r in rows}
+    for (destination, hour_us), count in sorted(pending_destination_hours(engine).items()):
+        if (destination, hour_us) not in known and args.destination in (None, destination):
+            # Failed, but the sensor has not looked yet (or the daemon is not running).
+            rows.append(
+                {
+                    "destination": destination,
+                    "hour_us": hour_us,
+                    "state": "not yet seen by the sensor",
+                    "retries_requested": 0,
+                    "pending_events": count,
+                    "next_attempt_at_us": None,
+                    "last_error": None,
+                }
+            )
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame["hour"] = frame["hour_us"].map(_hour_key)
@@ -135,8 +154,8 @@ def show_retries(args: argparse.Namespace) -> int:
                 "next_attempt",
                 "last_error",
             ]
-        ]
-    _print_frame(frame, "no destination-hour has needed a retry")
+        ].sort_values(["destination", "hour"])
+    _print_frame(frame, "nothing waits for a retry")
     return 0
 
 

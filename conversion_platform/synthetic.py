@@ -526,13 +526,14 @@ def generate_bulk(
     are broken on purpose (negative value, currency that isn't ISO 4217, bad event name,
     event time 30 days old or 2 hours ahead); of the conversions seen once, `log_share`
     were seen only by the server logs (JSON lines), the rest by the pixel or the backend.
-    `people` (default: a quarter of an hour's conversions) sets how often people come back.
+    `people` (default: a quarter of all the conversions, so a person converts about four
+    times in the window) sets how often people come back.
     """
     rng = np.random.default_rng(seed)
     per_hour_twice = round(records_per_hour * duplicate_share)
     per_hour_conversions = records_per_hour - per_hour_twice
-    pool = generate_people(rng, people or max(100, per_hour_conversions // 4))
     n = per_hour_conversions * len(hours)
+    pool = generate_people(rng, people or max(100, n // 4))
 
     hour_starts = np.array([int(h.timestamp() * 1_000_000) for h in hours], dtype=np.int64)
     # Made early enough in the hour to be received (at most 20 s later) in it too.

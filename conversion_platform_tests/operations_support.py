@@ -8,7 +8,10 @@ Nothing here is faked: runs are real `execute_in_process` runs of the project's 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +40,21 @@ TOKEN_VARIABLE = "META_CAPI_ACCESS_TOKEN"
 DESTINATION = "meta_capi"
 #: Dagster's console logger at WARNING: test output stays readable.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@contextmanager
+def memory_backed_instance() -> Iterator[dg.DagsterInstance]:
+    """A persistent test instance (what `build_sensor_context` needs) kept in tmpfs.
+
+    Dagster's SQLite storage commits every event; on a busy disk those syncs, not the
+    work, dominated these tests. Falls back to the default temporary folder.
+    """
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with (
+        tempfile.TemporaryDirectory(prefix="cp-dagster-", dir=shm) as folder,
+        dg.instance_for_test(temp_dir=folder) as instance,
+    ):
+        yield instance
 
 
 def write_emulator_destinations(path: Path, emulator_url: str, *, in_run_attempts: int = 1) -> Path:
@@ -117,6 +135,16 @@ class Emulator:
         return dict(self.stats()["accepted_by_event_id"])
 
 
+@dataclass(frozen=True)
+class Tick:
+    """What one sensor evaluation asked for, after the daemon's run-key deduplication."""
+
+    run_requests: list[dg.RunRequest]
+    skip_message: str | None
+    cursor: str | None
+    asset_events: list[Any]
+
+
 @dataclass
 class Platform:
     """The project's Definitions on a real test instance, with a frozen clock for the sensor."""
@@ -127,6 +155,8 @@ class Platform:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     cursor: str | None = None
     runs: list[dg.ExecuteInProcessResult] = field(default_factory=list)
+    #: run keys the sensor already had launched: the daemon skips a request that reuses one
+    used_run_keys: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.sensor = build_delivery_retry_sensor(clock=self.clock, policy=self.policy)
@@ -163,7 +193,7 @@ class Platform:
         self.runs.append(result)
         return result
 
-    def tick(self) -> dg.SensorResult | Any:
+    def tick(self) -> Tick:
         """One evaluation of the retry sensor at the frozen clock's time."""
         context = dg.build_sensor_context(
             instance=self.instance,
@@ -174,7 +204,10 @@ class Platform:
         )
         data = self.sensor.evaluate_tick(context)
         self.cursor = data.cursor
-        return data
+        # As the sensor daemon does: a run key already used by this sensor launches nothing.
+        fresh = [r for r in data.run_requests or [] if r.run_key not in self.used_run_keys]
+        self.used_run_keys.update(r.run_key for r in fresh if r.run_key)
+        return Tick(fresh, data.skip_message, data.cursor, list(data.asset_events))
 
     def execute(
         self, run_request: dg.RunRequest, job_name: str = "delivery_retry_job"

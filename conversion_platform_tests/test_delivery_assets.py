@@ -4,8 +4,8 @@ Scope: a partitioned `delivery/<name>` asset built by the factory delivers its h
 over HTTP and reports sent / accepted / rejected / expired / pending / match quality in
 its metadata; Google's asset polls the request status in the same run, so its events end
 delivered; a run whose retryable batches stay undelivered fails after recording them,
-and re-materialising the partition sends only the rest; a permanent rejection is reported,
-not raised.
+and re-materialising the partition sends only the rest; a permanent rejection is reported
+and dead-lettered, not raised.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from conversion_platform.defs.delivery_assets import build_delivery_asset
 from conversion_platform.defs.partitions import hourly_partitions, single_run
 from conversion_platform.defs.resources import resources_from_settings
 from conversion_platform.destinations.config import DestinationConfig
+from conversion_platform.operations.dead_letters import dead_letter_summary
 from conversion_platform.settings import Settings
 from conversion_platform_tests.delivery_support import (
     HOUR,
@@ -116,4 +117,10 @@ def test_a_permanent_rejection_is_reported_not_raised(
         metadata = _metadata(instance, "snapchat")
     assert metadata["delivered"] == 2 and metadata["rejected"] == 1
     assert "bad click id" in str(metadata["rejected_by_reason"])
-    assert outcomes(engine, "snapchat")["p-0001"][0] == "permanent"
+    # A permanent rejection stays 'permanent' in the log and is dead-lettered at once, for
+    # that event alone, with the platform's reason.
+    status, reason = outcomes(engine, "snapchat")["p-0001"]
+    assert status == "permanent" and "bad click id" in (reason or "")
+    letters = dead_letter_summary(engine, "snapchat")
+    assert letters["events"].sum() == 1
+    assert "bad click id" in letters["reason"].iloc[0]

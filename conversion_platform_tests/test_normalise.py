@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conversion_platform.ingest.record_columns import coerce_records
 from conversion_platform.ingest.records import coerce_record, records_to_frame
 from conversion_platform.transform.normalise import (
     hash_email,
@@ -372,3 +373,33 @@ def test_records_leave_no_plaintext_behind() -> None:
     text = " ".join(str(v) for v in row.tolist()).lower()
     for plaintext in ("jane", "415", "josé", "brien", "cust-"):
         assert plaintext not in text
+
+
+def test_the_column_wise_path_scrubs_urls_and_reads_click_ids_too() -> None:
+    received = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    records = [
+        {
+            "event_id": f"e{i}",
+            "event_name": "page_view",
+            "event_time": "2026-03-01T11:59:00+00:00",
+            "page_url": url,
+            "referrer": "https://mail.example/read?addr=jane.doe%40example.com",
+        }
+        for i, url in enumerate(
+            [
+                "https://shop.example/?utm_source=news&email=jane.doe%40example.com&gclid=G1",
+                "https://shop.example/p?fbclid=F1&phone=%2B14155552671",
+                "https://shop.example/plain",
+            ]
+        )
+    ]
+    result = coerce_records(records, "pixel", [received] * len(records))
+    frame = result.frame
+    one_by_one = [coerce_record(r, "pixel", received) for r in records]
+    for column in ("page_url", "referrer", "gclid", "fbclid"):
+        assert frame[column].tolist() == [r[column] for r in one_by_one], column
+    assert frame["page_url"].tolist()[:2] == [
+        "https://shop.example/?utm_source=news&gclid=G1",
+        "https://shop.example/p?fbclid=F1",
+    ]
+    assert frame["referrer"].tolist()[0] == "https://mail.example/read"

@@ -1,9 +1,9 @@
 """An outage, end to end: the ad platform refuses a destination for hours while the schedule
 keeps running, then the platform's own orchestration is down for two hours.
 
-Scope: eight hours of clean generated traffic; the hourly schedule is evaluated at each
+Scope: six hours of clean generated traffic; the hourly schedule is evaluated at each
 hour's tick and its run executed on a real test instance; the emulator answers 503 for
-the destination during three scheduled hours (the retry sensor's attempts fail too);
+the destination during two scheduled hours (the retry sensor's attempts fail too);
 then two hours are not run at all and the freshness check shows the missed hour. After
 recovery a single-run backfill covers the missed hours and the retry sensor, evaluated
 at a frozen clock moved to each due time, re-runs the refused ones. At the end every
@@ -37,6 +37,7 @@ from conversion_platform_tests.operations_support import (
     hours_back,
     land_clean_traffic,
     latest_materialization_metadata,
+    memory_backed_instance,
     with_status,
     write_emulator_destinations,
 )
@@ -110,42 +111,40 @@ def test_outage_recovers_every_conversion_exactly_once(
     monkeypatch.setenv(TOKEN_VARIABLE, "emulator-token")
     settings = Settings.from_env()
     engine = engine_for(settings.db_url)
-    hours = hours_back(8)
+    hours = hours_back(6)
     # The collector kept collecting through both outages: every hour's events are landed.
     land_clean_traffic(engine, hours, per_hour=10, seed=21)
 
-    with dg.instance_for_test() as instance:
+    with memory_backed_instance() as instance:
         platform = Platform(settings, instance, FrozenClock(datetime.now(UTC)))
-        for hour in hours[:2]:
-            assert run_scheduled_hour(platform, hour).success
+        assert run_scheduled_hour(platform, hours[0]).success
 
-        # The ad platform refuses the destination for three hours; the schedule keeps going.
+        # The ad platform refuses the destination for two hours; the schedule keeps going.
         emulator.script(responses=[{"status": 503}] * 1_000)
-        for hour in hours[2:5]:
+        for hour in hours[1:3]:
             assert not run_scheduled_hour(platform, hour).success
             platform.clock.advance(600)  # the sensor's retries within the outage fail too
             for result in platform.tick_and_execute():
                 assert not result.success
         refused = emulator.stats()["rejected_requests"]
-        assert refused >= 3
+        assert refused >= 4  # two hourly runs and a retry of each
         assert len(with_status(event_statuses(engine), "retryable")) > 0
 
         emulator.clear()  # the ad platform is back
-        assert run_scheduled_hour(platform, hours[5]).success
+        assert run_scheduled_hour(platform, hours[3]).success
 
         # Then Dagster itself was down for the last two hours: no run at all for them.
-        missed = {platform.key(h) for h in hours[6:]}
+        # (The freshness check expects one of these two, whatever the minute now.)
         freshness = freshness_results(platform)
         assert freshness[f"delivery/{DESTINATION}"] is False, "the missed hour must show"
         assert freshness["resolved_conversions"] is False
 
-        backfill = platform.run_range(hours[6], hours[7])
+        backfill = platform.run_range(hours[4], hours[5])
         assert backfill.success
-        assert {platform.key(h) for h in hours[6:]} == missed
         assert all(freshness_results(platform).values()), "the backfill made every asset fresh"
 
         retry_runs = retry_until_settled(platform)
-        assert retry_runs >= 3, "each refused hour needs a retry run"
+        assert retry_runs >= 2, "each refused hour needs a retry run"
 
         statuses = event_statuses(engine)
         eligible = {eid for eid, status in statuses.items() if status != "filtered"}

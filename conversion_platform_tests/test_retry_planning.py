@@ -25,7 +25,7 @@ from conversion_platform.operations.circuits import (
     reset_circuit,
 )
 from conversion_platform.operations.dead_letters import replay_dead_letters
-from conversion_platform.operations.retry_planner import plan_retries, retry_run_key
+from conversion_platform.operations.retry_planner import plan_retries, retry_run_key, retry_schedule
 from conversion_platform.operations.retry_policy import (
     RetryPolicy,
     RetryPolicyError,
@@ -169,7 +169,13 @@ def test_due_only_after_the_backoff(engine: Engine) -> None:
     assert first.waiting[0].due == failed_at + timedelta(seconds=60)
     due = plan(engine, failed_at + timedelta(seconds=60), policy)
     [request] = due.requests
-    assert request.run_key == retry_run_key("meta_capi", key_for(HOUR), 1)
+    # The cycle began when the first plan saw the failure (at 59 s).
+    cycle = to_micros(failed_at + timedelta(seconds=59))
+    assert request.run_key == retry_run_key("meta_capi", key_for(HOUR), cycle, 1)
+    assert request.run_key == (
+        f"delivery_retry:meta_capi:{key_for(HOUR)}:cycle-"
+        f"{(failed_at + timedelta(seconds=59)):%Y%m%dT%H%M%S}.000000Z:retry-1"
+    )
     assert request.pending_events == 2
     # Requested once: the same tick time does not request it again.
     assert not plan(engine, failed_at + timedelta(seconds=61), policy).requests
@@ -205,13 +211,15 @@ def test_gives_up_when_the_next_retry_is_past_the_limit(engine: Engine) -> None:
     fail(engine, now)
     result = plan(engine, now, policy)
     attempts = 0
+    first_cycle_keys: set[str] = set()
     for _ in range(10):
         if result.dead_lettered:
             break
         [waiting] = result.waiting
         assert waiting.due is not None
         now = waiting.due
-        [_request] = plan(engine, now, policy).requests
+        [request] = plan(engine, now, policy).requests
+        first_cycle_keys.add(request.run_key)
         attempts += 1
         fail(engine, now)  # the retry failed too
         result = plan(engine, now, policy)
@@ -229,6 +237,7 @@ def test_gives_up_when_the_next_retry_is_past_the_limit(engine: Engine) -> None:
     assert (result.events, result.hours) == (2, 1)
     [request] = plan(engine, now + timedelta(days=1), policy).requests
     assert request.retry_number == 1, "a replay starts a fresh cycle"
+    assert request.run_key not in first_cycle_keys, "Dagster would skip a reused run key"
 
 
 def test_auth_failure_holds_the_destination_until_credentials_change(
@@ -279,3 +288,23 @@ def test_fingerprint_changes_with_the_value_only(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("TEST_META_TOKEN", "b")
     assert credential_fingerprint(config()) != first
     assert len(first) == 16
+
+
+def test_resolved_hours_are_kept_a_month(engine: Engine) -> None:
+    failed_at = HOUR + timedelta(hours=2)
+    fail(engine, failed_at)
+    plan(engine, failed_at)
+    with engine.begin() as conn:  # the retry run delivered them
+        log.record_event_outcomes(
+            conn,
+            "meta_capi",
+            HOUR,
+            [log.EventOutcome(i, "purchase", log.EVENT_DELIVERED, None, 1) for i in ("e1", "e2")],
+        )
+    [resolved] = plan(engine, failed_at + timedelta(minutes=5)).resolved
+    assert resolved.partition_key == key_for(HOUR)
+    assert [r["state"] for r in retry_schedule(engine)] == ["resolved"]
+    plan(engine, failed_at + timedelta(days=29))
+    assert len(retry_schedule(engine)) == 1
+    plan(engine, failed_at + timedelta(days=31))
+    assert retry_schedule(engine) == []

@@ -43,6 +43,7 @@ from conversion_platform_tests.operations_support import (
     hours_back,
     land_clean_traffic,
     latest_materialization_metadata,
+    memory_backed_instance,
     with_status,
     write_emulator_destinations,
 )
@@ -76,7 +77,7 @@ def live_settings(
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+    with memory_backed_instance() as instance:
         yield instance
 
 
@@ -119,11 +120,12 @@ def test_failing_500_500_then_recovering_is_delivered_once(
 
     data = platform.tick()  # at the time of the failure: retry 1 is not due yet
     assert not data.run_requests
-    assert "waiting for their next retry" in (data.skip_message or "")
+    assert "1 destination-hour waiting for the next retry" in (data.skip_message or "")
 
     advance_to_next_due(platform)
     [retry_1] = platform.tick().run_requests
-    assert retry_1.run_key == f"delivery_retry:{DESTINATION}:{key}:retry-1"
+    assert retry_1.run_key.startswith(f"delivery_retry:{DESTINATION}:{key}:cycle-")
+    assert retry_1.run_key.endswith(":retry-1")
     assert retry_1.partition_key == key
     assert set(retry_1.asset_selection) == {DELIVERY_KEY, REPORT_KEY}
     assert retry_1.tags["conversion_platform/retry"] == "1"
@@ -163,7 +165,8 @@ def test_permanent_rejection_is_dead_lettered_at_once(
     result = platform.run_hour(hour)
     assert result.success, "permanent rejections are reported, not raised"
     statuses = event_statuses(engine)
-    rejected = with_status(statuses, "dead_letter")
+    # The delivery log keeps what the platform said; the dead letters hold them with the reason.
+    rejected = with_status(statuses, "permanent")
     assert rejected and with_status(statuses, "retryable", "delivered") == set()
     rows = dead_letter_rows(engine)
     assert {r["event_id"] for r in rows} == rejected
@@ -173,6 +176,8 @@ def test_permanent_rejection_is_dead_lettered_at_once(
     platform.clock.advance(7 * 24 * 3600)
     data = platform.tick()
     assert not data.run_requests, "a permanent error must never be retried"
+    assert data.skip_message == "nothing to retry: every delivered hour is settled"
+    assert len(dead_letter_rows(engine)) == len(rejected), "a sweep must not add them twice"
     assert emulator.accepted() == {}
     report = latest_materialization_metadata(instance, REPORT_KEY, platform.key(hour))
     assert report["dead_lettered"] == report["rejected"] == len(rejected)

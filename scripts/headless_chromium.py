@@ -157,6 +157,16 @@ class HeadlessChromium:
         for event in ("mouseMoved", "mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", type=event, x=x, y=y, button="left", clickCount=1)
 
+    def press_escape(self) -> None:
+        for event in ("keyDown", "keyUp"):
+            self.send(
+                "Input.dispatchKeyEvent",
+                type=event,
+                key="Escape",
+                code="Escape",
+                windowsVirtualKeyCode=27,
+            )
+
     def click(self, selector_script: str, what: str) -> None:
         """Click the centre of the element a script returns (an expression yielding an Element)."""
         box = self.evaluate(

@@ -137,7 +137,21 @@ def shoot_asset_graph(url: str, path: Path) -> None:
         browser.wait_for_text("Expand all groups")
         browser.click_text("Expand all groups")
         browser.wait_for_text("delivery_report")
-        time.sleep(3)  # node details load after the layout
+        browser.press_escape()  # close the settings menu
+        browser.wait_for(
+            "!document.body.innerText.includes('Expand all groups') && "
+            "!document.body.innerText.includes('Collapse all groups')",
+            timeout=10,
+            what="the settings menu to close",
+        )
+        # Each node's status (latest event, checks, partitions) loads after the layout.
+        browser.wait_for(
+            "document.querySelectorAll('foreignObject').length > 0 && "
+            "!document.body.innerText.includes('Loading...')",
+            timeout=120,
+            what="the asset nodes' status",
+        )
+        time.sleep(1)
         box = browser.evaluate(
             "(() => { const r = Array.from(document.querySelectorAll('foreignObject'))"
             ".map(e => e.getBoundingClientRect()).filter(r => r.width > 0);"

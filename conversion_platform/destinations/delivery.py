@@ -7,7 +7,9 @@ splitting a batch the platform refused as a whole to find the event at fault, an
 recording every attempt and every event's outcome in the delivery log.
 
 An event's outcome is written in the same transaction as the attempt that settled it, so
-a run that dies half-way never forgets what the platform already took.
+a run that dies half-way never forgets what the platform already took. While one batch's
+outcome is written, the next batch is already on its way (one request in flight ahead,
+never after an auth failure), so the platform's time and ours overlap.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,6 +42,7 @@ from conversion_platform.destinations.base import (
     BatchOutcome,
     Destination,
     EventBatch,
+    HttpRequest,
     identifiers_allowed,
 )
 from conversion_platform.destinations.config import (
@@ -272,17 +276,50 @@ class HourDeliverer:
             carry = None
             if not last_chunk and ranges and len(ranges[-1]) < size:
                 carry = run.carry(ranges.pop())
-            for positions in ranges:
-                if outbox is not None:
+            if outbox is not None:
+                for positions in ranges:
                     self._write_batch(outbox, context, run.batch(number, positions))
-                elif report.auth_failed or self.hold_reason:
-                    self._not_sent(context, [run.event_ids[i] for i in positions])
-                else:
-                    self._send(context, run, number, positions)
-                number += 1
+                    number += 1
+                continue
+            self._send_all(context, run, number, ranges)
+            number += len(ranges)
         if outbox is not None:
             report.outbox_file = str(outbox.close())
         return report
+
+    def _send_all(
+        self, ctx: _BatchContext, run: EventRun, first_number: int, ranges: list[range]
+    ) -> None:
+        """Send a chunk's batches in order. While one batch's outcome is being written to
+        the log, the next one is already travelling (never after an auth failure)."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="delivery") as pool:
+
+            def prepare(index: int, start: bool) -> _Prepared:
+                batch = run.batch(first_number + index, ranges[index])
+                request = self.destination.build_request(
+                    batch, self.config, ctx.credentials, ctx.mode
+                )
+                future = pool.submit(self._transmit, request) if start else None
+                return _Prepared(ranges[index], batch, request, future, now_micros())
+
+            prepared: _Prepared | None = None
+            for index in range(len(ranges)):
+                if ctx.report.auth_failed or self.hold_reason:
+                    if prepared is not None and prepared.future is not None:
+                        prepared.future.result()  # already on its way: let it land
+                    self._not_sent(ctx, [run.event_ids[i] for i in ranges[index]])
+                    prepared = None
+                    continue
+                current = prepared or prepare(index, start=False)
+                start_next = (
+                    (lambda i=index + 1: prepare(i, start=True))
+                    if index + 1 < len(ranges)
+                    else None
+                )
+                prepared = self._send(ctx, run, current, start_next)
+
+    def _transmit(self, request: HttpRequest) -> tuple[int, bytes, dict[str, str]]:
+        return send_request(self.session, request, self.config.timeout_seconds)
 
     def _eligible(
         self, frame: pd.DataFrame, report: HourDelivery, now: pd.Timestamp
@@ -442,17 +479,30 @@ class HourDeliverer:
     # -- one batch -------------------------------------------------------------------------
 
     def _send(
-        self, ctx: _BatchContext, run: EventRun, number: int, positions: Sequence[int]
-    ) -> None:
-        """Send one batch with in-run retries; split it when the platform refused it whole."""
+        self,
+        ctx: _BatchContext,
+        run: EventRun,
+        prepared: _Prepared,
+        start_next: Callable[[], _Prepared] | None = None,
+    ) -> _Prepared | None:
+        """Send one batch with in-run retries; split it when the platform refused it whole.
+
+        Returns the next batch, already sent by `start_next` once this one's outcome was
+        final (unless the destination's credentials failed)."""
         config, destination = self.config, self.destination
-        batch = run.batch(number, positions)
-        request = destination.build_request(batch, config, ctx.credentials, ctx.mode)
+        batch, request, number = prepared.batch, prepared.request, prepared.batch.number
         outcome = BatchOutcome(STATUS_RETRYABLE, reason="not sent")
+        following: _Prepared | None = None
+        split = False
         for attempt in range(1, max(1, config.in_run_attempts) + 1):
             started = now_micros()
+            if attempt == 1 and prepared.future is not None:
+                started = prepared.sent_at_us
             try:
-                status, body, headers = send_request(self.session, request, config.timeout_seconds)
+                if attempt == 1 and prepared.future is not None:
+                    status, body, headers = prepared.future.result()
+                else:
+                    status, body, headers = self._transmit(request)
                 outcome = destination.classify_response(status, body, headers, batch)
             except TransportError as exc:
                 outcome = BatchOutcome(STATUS_RETRYABLE, None, None, reason=str(exc))
@@ -465,6 +515,8 @@ class HourDeliverer:
                 or wait > config.max_in_run_wait_seconds
             )
             split = final and self._split(outcome, batch)
+            if final and not split and start_next is not None and outcome.status != STATUS_AUTH:
+                following = start_next()  # travels while this batch is logged
             with self.engine.begin() as conn:
                 batch_id = log.record_batch(
                     conn,
@@ -489,17 +541,25 @@ class HourDeliverer:
                 break
             self.sleep(wait)
         if not split:
-            return
-        positions = list(positions)
+            return following
+        positions = list(prepared.positions)
         if outcome.rejected:
             # The platform named the events at fault and took none: send the rest again.
-            rest = [p for i, p in enumerate(positions) if i not in outcome.rejected]
-            if rest:
-                self._send(ctx, run, number, rest)
-            return
-        middle = len(positions) // 2
-        self._send(ctx, run, number, positions[:middle])
-        self._send(ctx, run, number, positions[middle:])
+            parts = [[p for i, p in enumerate(positions) if i not in outcome.rejected]]
+        else:
+            middle = len(positions) // 2
+            parts = [positions[:middle], positions[middle:]]
+        for part in parts:
+            if part:
+                self._send(ctx, run, self._prepared(ctx, run, number, part))
+        return start_next() if start_next is not None and not ctx.report.auth_failed else None
+
+    def _prepared(
+        self, ctx: _BatchContext, run: EventRun, number: int, positions: Sequence[int]
+    ) -> _Prepared:
+        batch = run.batch(number, positions)
+        request = self.destination.build_request(batch, self.config, ctx.credentials, ctx.mode)
+        return _Prepared(positions, batch, request, None, now_micros())
 
     def _wait(self, outcome: BatchOutcome, attempt: int) -> float:
         if outcome.retry_after_seconds is not None:
@@ -578,6 +638,18 @@ class HourDeliverer:
         if outcome.status == STATUS_AUTH:
             reason = f"auth: {reason}"
         return [one(i, log.EVENT_RETRYABLE, reason) for i in range(len(batch))]
+
+
+@dataclass
+class _Prepared:
+    """A batch ready to send, and its first request when it is already on its way."""
+
+    positions: Sequence[int]
+    batch: EventBatch
+    request: HttpRequest
+    future: Future[tuple[int, bytes, dict[str, str]]] | None
+    #: when the first request left (for a batch already on its way)
+    sent_at_us: int
 
 
 @dataclass

@@ -117,9 +117,10 @@ def ingest_server_logs(
     hour_values = hour_of.to_numpy()
     boundaries = np.flatnonzero(hour_values[1:] != hour_values[:-1]) + 1 if len(hour_values) else []
     for positions in np.split(np.arange(len(hour_values)), boundaries) if len(hour_values) else []:
+        whole = len(positions) == len(hour_values)  # one hour: no copy of a million rows
         part, dropped_here = stored_frame(
-            coerced_frame.iloc[positions].reset_index(drop=True),
-            hour_of=hour_of.iloc[positions].reset_index(drop=True),
+            coerced_frame if whole else coerced_frame.iloc[positions].reset_index(drop=True),
+            hour_of=hour_of if whole else hour_of.iloc[positions].reset_index(drop=True),
         )
         dropped_by_hour[pd.Timestamp(hour_of.iloc[positions[0]]).to_pydatetime()] = dropped_here
         parts.append(part)

@@ -33,6 +33,7 @@ from conversion_platform.transform.normalise import (
     hash_identity_columns,
     normalise_location_columns,
 )
+from conversion_platform.transform.page_urls import click_ids_from_url, scrub_url
 
 #: ISO 8601 with a UTC offset that Python's `datetime.fromisoformat` and Arrow read alike.
 _PLAIN_ISO = r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)$"
@@ -147,6 +148,33 @@ def _consent(value: Any) -> Any:
     if value == "":
         return events.CONSENT_UNKNOWN
     return _CONSENT_WORDS.get(value.strip().lower(), _SLOW)
+
+
+def _read_page_urls(out: dict[str, Any], none: np.ndarray) -> None:
+    """As `coerce_record` does: click ids in the landing URL count as sent, then the page
+    URL and the referrer lose anything personal. Each distinct URL is read once."""
+    pages = out["page_url"]
+    if pages is not none:
+        codes, uniques = pd.factorize(pages)
+        if len(uniques):
+            found = [click_ids_from_url(url) for url in uniques]
+            for column in sorted({c for ids in found for c in ids}):
+                ids = np.array([f.get(column) for f in found] + [None], dtype=object)[codes]
+                target = out[column]
+                if target is none:
+                    target = out[column] = none.copy()
+                empty = pd.isna(target)
+                target[empty] = ids[empty]
+            out["page_url"] = np.array([scrub_url(u) for u in uniques] + [None], dtype=object)[
+                codes
+            ]
+    referrers = out["referrer"]
+    if referrers is not none:
+        codes, uniques = pd.factorize(referrers)
+        if len(uniques):
+            out["referrer"] = np.array([scrub_url(u) for u in uniques] + [None], dtype=object)[
+                codes
+            ]
 
 
 def _times(values: np.ndarray, slow: np.ndarray) -> np.ndarray:
@@ -293,6 +321,7 @@ def coerce_columns(
     for name in events.HASHED_IDENTITY_COLUMNS:
         values = column(name)
         out[name] = none if values is None else _text_column(values, slow)
+    _read_page_urls(out, none)
     slow |= pd.isna(out["event_id"])  # a generated id needs the whole record
 
     failures: list[tuple[int, str]] = []

@@ -19,6 +19,7 @@ import pandas as pd
 from conversion_platform import events
 from conversion_platform.transform.normalise import (
     SHA256_HEX,
+    VARIANT_PAIRS,
     hash_email,
     hash_external_id,
     hash_identity_columns,
@@ -331,17 +332,10 @@ def record_to_stored_row(
         hashed["external_id_sha256"] = id_hash or hashed["external_id_sha256"]
         if reason:
             dropped[reason] += 1
-    # A digest given for one variant only stands in for the other (as in
-    # `hash_identity_columns`: which form the sender hashed is unknown).
-    for first, second in _VARIANT_PAIRS:
+    # A digest given for one form only stands in for the other, as in `hash_identity_columns`.
+    for first, second in VARIANT_PAIRS:
         hashed[first] = hashed[first] or hashed[second]
         hashed[second] = hashed[second] or hashed[first]
     row.update(hashed)
     row["value_verified"] = value_verified
     return row
-
-
-_VARIANT_PAIRS = (
-    ("email_sha256", "email_google_sha256"),
-    ("phone_sha256", "phone_digits_sha256"),
-)

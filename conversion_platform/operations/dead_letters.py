@@ -1,10 +1,12 @@
 """Dead letters: events a destination will not get without an operator, and their replay.
 
 An event is dead-lettered with its reason when the platform (or our per-event check
-before sending) rejected it permanently, at once, or when its retries ran out. Its
-delivery-log status becomes `dead_letter` (so nothing sends it again) and a row in
-`dead_letters` says why. `replay_dead_letters` puts them back in the queue (status
-`retryable`) after the cause is fixed; the retry sensor's next tick requests the runs.
+before sending) rejected it permanently, at once, or when its retries ran out. A row in
+`dead_letters` says which and why; in the delivery log a rejected event keeps its status
+`permanent` (what the platform said) and one out of retries becomes `dead_letter`; both
+are settled, so nothing sends them again. `replay_dead_letters` puts them back in the
+queue (status `retryable`) after the cause is fixed; the retry sensor's next tick
+requests the runs.
 """
 
 from __future__ import annotations
@@ -36,9 +38,16 @@ class ReplayResult:
 
 
 def _move_to_dead_letters(
-    conn: Connection, where: sa.ColumnElement[bool], kind: str, reason: str | None
+    conn: Connection,
+    where: sa.ColumnElement[bool],
+    kind: str,
+    reason: str | None,
+    new_status: str | None,
 ) -> int:
-    """Dead-letter the delivery events matching `where`; `reason` None keeps each event's own."""
+    """Dead-letter the delivery events matching `where`.
+
+    `reason` None keeps each event's own; `new_status` None keeps its delivery-log status.
+    """
     rows = conn.execute(
         sa.select(
             delivery_events.c.destination,
@@ -76,28 +85,39 @@ def _move_to_dead_letters(
                 )
             )
         conn.execute(dead_letters.insert(), chunk)
-    update = (
-        delivery_events.update()
-        .where(where)
-        .values(status=log.EVENT_DEAD_LETTER, updated_at_us=now)
-    )
-    if reason is not None:
-        update = update.values(reason=reason[:1_000])
-    conn.execute(update)
+    if new_status is not None:
+        update = delivery_events.update().where(where).values(status=new_status, updated_at_us=now)
+        if reason is not None:
+            update = update.values(reason=reason[:1_000])
+        conn.execute(update)
     return len(records)
 
 
 def dead_letter_rejected(
-    engine: Engine, destination: str | None = None, hours: list[datetime] | None = None
+    engine: Engine,
+    destination: str | None = None,
+    hours: list[datetime] | None = None,
+    *,
+    updated_since: datetime | None = None,
 ) -> int:
-    """Dead-letter, with their own reasons, events rejected permanently (all, or one destination's hours)."""
-    where = delivery_events.c.status == log.EVENT_PERMANENT
+    """Dead-letter, with their own reasons, permanently rejected events not dead-lettered yet.
+
+    Narrowed to one destination's hours (what a delivery run just recorded) or to events
+    updated since a moment (the retry sensor's sweep); returns how many were added.
+    """
+    already = sa.exists().where(
+        dead_letters.c.destination == delivery_events.c.destination,
+        dead_letters.c.event_id == delivery_events.c.event_id,
+    )
+    where = sa.and_(delivery_events.c.status == log.EVENT_PERMANENT, ~already)
     if destination is not None:
         where = sa.and_(where, delivery_events.c.destination == destination)
     if hours is not None:
         where = sa.and_(where, delivery_events.c.hour_us.in_([to_micros(h) for h in hours]))
+    if updated_since is not None:
+        where = sa.and_(where, delivery_events.c.updated_at_us >= to_micros(updated_since))
     with engine.begin() as conn:
-        return _move_to_dead_letters(conn, where, KIND_REJECTED, None)
+        return _move_to_dead_letters(conn, where, KIND_REJECTED, None, None)
 
 
 def dead_letter_exhausted(conn: Connection, destination: str, hour_us: int, reason: str) -> int:
@@ -107,7 +127,7 @@ def dead_letter_exhausted(conn: Connection, destination: str, hour_us: int, reas
         delivery_events.c.hour_us == hour_us,
         delivery_events.c.status == log.EVENT_RETRYABLE,
     )
-    return _move_to_dead_letters(conn, where, KIND_RETRIES_EXHAUSTED, reason)
+    return _move_to_dead_letters(conn, where, KIND_RETRIES_EXHAUSTED, reason, log.EVENT_DEAD_LETTER)
 
 
 def replay_dead_letters(
@@ -149,7 +169,7 @@ def replay_dead_letters(
                     .where(
                         delivery_events.c.destination == destination,
                         delivery_events.c.event_id.in_(ids[i : i + 1_000]),
-                        delivery_events.c.status == log.EVENT_DEAD_LETTER,
+                        delivery_events.c.status.in_((log.EVENT_DEAD_LETTER, log.EVENT_PERMANENT)),
                     )
                     .values(
                         status=log.EVENT_RETRYABLE,

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from conversion_platform import events
 from conversion_platform.operations.circuits import read_circuits
-from conversion_platform.operations.dead_letters import KIND_REJECTED, KIND_RETRIES_EXHAUSTED
+from conversion_platform.operations.dead_letters import KIND_RETRIES_EXHAUSTED
 from conversion_platform.store import delivery_log as log
 from conversion_platform.store.operations_tables import dead_letters, delivery_retries
 from conversion_platform.store.tables import delivery_events
@@ -119,12 +119,9 @@ def hour_delivery_report(
         def count(*statuses: str, _status: pd.Series = status) -> int:
             return int(sum(int(_status.get(s, 0)) for s in statuses))
 
-        rejected_dead = mine_dead[mine_dead["kind"] == KIND_REJECTED]
-        rejected_reasons: Counter[str] = Counter()
-        for reason in mine.loc[mine["status"] == log.EVENT_PERMANENT, "reason"]:
-            rejected_reasons[str(reason)] += 1
-        for reason in rejected_dead["reason"]:
-            rejected_reasons[str(reason)] += 1
+        rejected_reasons: Counter[str] = Counter(
+            str(reason) for reason in mine.loc[mine["status"] == log.EVENT_PERMANENT, "reason"]
+        )
         sent_ok = mine[mine["status"].isin((*DELIVERED_STATUSES, log.EVENT_DRY_RUN))]
         server_only = int(sent_ok["event_id"].astype(str).isin(server_only_ids).sum())
         figures: dict[str, float | int] = {

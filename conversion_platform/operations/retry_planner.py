@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -29,7 +29,7 @@ from conversion_platform.operations.circuits import CircuitChange, read_circuits
 from conversion_platform.operations.dead_letters import dead_letter_exhausted, dead_letter_rejected
 from conversion_platform.operations.retry_policy import RetryPolicy, format_duration
 from conversion_platform.store import delivery_log as log
-from conversion_platform.store.operations_tables import delivery_retries
+from conversion_platform.store.operations_tables import delivery_retries, ensure_operations_indexes
 from conversion_platform.store.tables import delivery_batches, delivery_events
 from conversion_platform.store.timecodes import from_micros, to_micros
 
@@ -42,11 +42,29 @@ _ACTIVE_STATES = (STATE_WAITING, STATE_HELD)
 _MICROS = 1_000_000
 #: How far back a platform's Retry-After can still matter for a whole destination.
 _RETRY_AFTER_LOOKBACK_US = 7 * 86_400 * _MICROS
+#: Resolved destination-hours are kept this long (the report shows their retries), then pruned.
+_RESOLVED_KEPT_US = 30 * 86_400 * _MICROS
+#: How far back the sensor looks for permanent rejections not yet dead-lettered.
+_REJECTED_SWEEP_DAYS = 2
+#: Databases whose operations indexes were checked in this process.
+_INDEXED: set[str] = set()
 
 
-def retry_run_key(destination: str, partition_key: str, retry_number: int) -> str:
-    """The deterministic run key of retry `retry_number` of one destination-hour."""
-    return f"delivery_retry:{destination}:{partition_key}:retry-{retry_number}"
+def _hours(n: int) -> str:
+    return f"{n} destination-hour" + ("" if n == 1 else "s")
+
+
+def retry_run_key(
+    destination: str, partition_key: str, cycle_started_at_us: int, retry_number: int
+) -> str:
+    """The deterministic run key of retry `retry_number` of one destination-hour's cycle.
+
+    The cycle (when this round of retries began: first failure, replay, circuit closed)
+    is in the key because Dagster skips a run key a sensor has used before: retry 1 after a
+    replay must not be mistaken for retry 1 of the first outage.
+    """
+    cycle = from_micros(cycle_started_at_us).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"delivery_retry:{destination}:{partition_key}:cycle-{cycle}:retry-{retry_number}"
 
 
 @dataclass(frozen=True)
@@ -107,7 +125,9 @@ class RetryPlan:
                 held_by[h.destination] = held_by.get(h.destination, 0) + 1
             parts.append(
                 "held by an open circuit: "
-                + ", ".join(f"{d} ({n} hours)" for d, n in sorted(held_by.items()))
+                + ", ".join(
+                    f"{d} ({n} hour{'' if n == 1 else 's'})" for d, n in sorted(held_by.items())
+                )
                 + " - fix the credentials or `conversion-platform circuit reset --destination D`"
             )
         if self.dead_lettered:
@@ -123,15 +143,14 @@ class RetryPlan:
         if self.waiting:
             first = min(self.waiting, key=lambda w: w.due or self.now)
             parts.append(
-                f"{len(self.waiting)} destination-hours waiting for their next retry "
+                f"{_hours(len(self.waiting))} waiting for the next retry "
                 f"(first: {first.destination} {first.partition_key} {first.detail})"
             )
         if self.in_flight:
-            parts.append(f"{len(self.in_flight)} destination-hours have a run in progress")
+            parts.append(f"{_hours(len(self.in_flight))} with a run in progress")
         if self.unconfigured:
             parts.append(
-                f"{len(self.unconfigured)} destination-hours of destinations no longer configured "
-                "are left alone"
+                f"{_hours(len(self.unconfigured))} of destinations no longer configured left alone"
             )
         if not parts:
             return "nothing to retry: every delivered hour is settled"
@@ -144,18 +163,27 @@ class _Failure:
     not_before_us: int | None
 
 
-def _pending(conn: Connection) -> dict[tuple[str, int], tuple[int, str | None]]:
+def _pending(conn: Connection) -> dict[tuple[str, int], int]:
+    """Events waiting per (destination, hour_us): read from the status index alone."""
     rows = conn.execute(
-        sa.select(
-            delivery_events.c.destination,
-            delivery_events.c.hour_us,
-            sa.func.count(),
-            sa.func.max(delivery_events.c.reason),
-        )
+        sa.select(delivery_events.c.destination, delivery_events.c.hour_us, sa.func.count())
         .where(delivery_events.c.status == log.EVENT_RETRYABLE)
         .group_by(delivery_events.c.destination, delivery_events.c.hour_us)
     ).fetchall()
-    return {(r[0], int(r[1])): (int(r[2]), r[3]) for r in rows}
+    return {(r[0], int(r[1])): int(r[2]) for r in rows}
+
+
+def _last_error(conn: Connection, destination: str, hour_us: int) -> str | None:
+    """The reason one of the destination-hour's waiting events carries."""
+    return conn.execute(
+        sa.select(delivery_events.c.reason)
+        .where(
+            delivery_events.c.status == log.EVENT_RETRYABLE,
+            delivery_events.c.destination == destination,
+            delivery_events.c.hour_us == hour_us,
+        )
+        .limit(1)
+    ).scalar()
 
 
 def _failures(conn: Connection, min_hour_us: int) -> dict[tuple[str, int], _Failure]:
@@ -213,16 +241,28 @@ def plan_retries(
     """
     plan = RetryPlan(now=now)
     now_us = to_micros(now)
+    if str(engine.url) not in _INDEXED:
+        ensure_operations_indexes(engine)
+        _INDEXED.add(str(engine.url))
     by_name = {c.name: c for c in configs}
     for config in configs:
         change = sync_circuit(engine, config)
         if change is not None:
             plan.circuit_changes.append(change)
-    plan.rejected_dead_lettered = dead_letter_rejected(engine)
+    # The delivery runs dead-letter their rejections themselves; this catches any they missed.
+    plan.rejected_dead_lettered = dead_letter_rejected(
+        engine, updated_since=now - timedelta(days=_REJECTED_SWEEP_DAYS)
+    )
     circuits = read_circuits(engine)
     busy = set(busy_partitions)
 
     with engine.begin() as conn:
+        conn.execute(
+            delivery_retries.delete().where(
+                delivery_retries.c.state == STATE_RESOLVED,
+                delivery_retries.c.updated_at_us < now_us - _RESOLVED_KEPT_US,
+            )
+        )
         pending = _pending(conn)
         failures = _failures(conn, min((h for _, h in pending), default=now_us))
         not_before = _destination_not_before(conn, now_us)
@@ -252,7 +292,9 @@ def plan_retries(
                     )
                 )
 
-        for (destination, hour_us), (count, reason) in sorted(pending.items()):
+        inserts: list[dict[str, object]] = []
+        updates: list[dict[str, object]] = []
+        for (destination, hour_us), count in sorted(pending.items()):
             hour = from_micros(hour_us)
             key = partition_key_for(hour)
             if destination not in by_name:
@@ -278,9 +320,11 @@ def plan_retries(
                     "next_attempt_at_us": None,
                 }
             assert row is not None
+            before = dict(row)
+            if fresh_cycle or row.get("pending_events") != count or not row.get("last_error"):
+                row["last_error"] = _last_error(conn, destination, hour_us)
+            reason = row["last_error"]
             row["pending_events"] = count
-            row["last_error"] = reason
-            row["updated_at_us"] = now_us
 
             if circuit_open:
                 assert circuit is not None
@@ -325,7 +369,9 @@ def plan_retries(
                     row["pending_events"] = 0
                     plan.dead_lettered.append(DestinationHour(destination, key, moved, give_up))
                 elif due_us <= now_us:
-                    run_key = retry_run_key(destination, key, retry_number)
+                    run_key = retry_run_key(
+                        destination, key, int(row["cycle_started_at_us"]), retry_number
+                    )
                     row["retries_requested"] = retry_number
                     row["last_requested_at_us"] = now_us
                     row["last_run_key"] = run_key
@@ -344,23 +390,50 @@ def plan_retries(
                             from_micros(due_us),
                         )
                     )
-            _save(conn, row, exists=(destination, hour_us) in rows)
+            exists = (destination, hour_us) in rows
+            if not exists or row != before:  # a steady tick writes nothing
+                row["updated_at_us"] = now_us
+                (updates if exists else inserts).append(row)
+        _save(conn, inserts, updates)
     return plan
 
 
-def _save(conn: Connection, row: dict[str, object], *, exists: bool) -> None:
-    values = {k: row[k] for k in (c.name for c in delivery_retries.columns) if k in row}
-    if exists:
-        conn.execute(
+_COLUMNS = tuple(c.name for c in delivery_retries.columns)
+
+
+def _save(
+    conn: Connection, inserts: list[dict[str, object]], updates: list[dict[str, object]]
+) -> None:
+    """Write the tick's new and changed rows, each kind in one statement."""
+    if inserts:
+        conn.execute(delivery_retries.insert(), [{k: r.get(k) for k in _COLUMNS} for r in inserts])
+    if updates:
+        keys = ("destination", "hour_us")
+        statement = (
             delivery_retries.update()
             .where(
-                delivery_retries.c.destination == row["destination"],
-                delivery_retries.c.hour_us == row["hour_us"],
+                delivery_retries.c.destination == sa.bindparam("key_destination"),
+                delivery_retries.c.hour_us == sa.bindparam("key_hour_us"),
             )
-            .values(**values)
+            .values({k: sa.bindparam(k) for k in _COLUMNS if k not in keys})
         )
-    else:
-        conn.execute(delivery_retries.insert().values(**values))
+        conn.execute(
+            statement,
+            [
+                {
+                    **{k: r.get(k) for k in _COLUMNS if k not in keys},
+                    "key_destination": r["destination"],
+                    "key_hour_us": r["hour_us"],
+                }
+                for r in updates
+            ],
+        )
+
+
+def pending_destination_hours(engine: Engine) -> dict[tuple[str, int], int]:
+    """Events still waiting for delivery per (destination, hour_us), from the delivery log."""
+    with engine.connect() as conn:
+        return _pending(conn)
 
 
 def retry_schedule(engine: Engine, destination: str | None = None) -> list[dict[str, object]]:

@@ -14,9 +14,9 @@ two hours running at the same time can't both deliver one key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 
+import orjson
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -24,8 +24,8 @@ from sqlalchemy.engine import Connection, Engine
 from conversion_platform.store.tables import dedupe_ledger
 from conversion_platform.store.timecodes import now_micros, to_micros
 
-#: Keys per lookup statement: well under SQLite's and PostgreSQL's bind-parameter limits.
-_CHUNK = 5_000
+#: Rows per `executemany` call when inserting claims.
+_CHUNK = 50_000
 #: `pg_advisory_xact_lock` id of the ledger ("cpledger" in ASCII, as an integer).
 _PG_LOCK_ID = 0x6370_6C65_6467_6572
 
@@ -41,11 +41,6 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "sources",
     "value",
 )
-
-
-def _chunks(values: list[str], size: int = _CHUNK) -> Iterable[list[str]]:
-    for i in range(0, len(values), size):
-        yield values[i : i + size]
 
 
 def begin_hour_claim(conn: Connection, hour: datetime) -> None:
@@ -64,37 +59,75 @@ def _empty_rows() -> pd.DataFrame:
 def fetch_neighbours(
     conn: Connection, match_keys: list[str], hour: datetime, reach_us: int
 ) -> pd.DataFrame:
-    """Rows of other hours within `reach_us` of `hour` that hold any of `match_keys`."""
-    hour_us = to_micros(hour)
-    frames = []
-    columns = [dedupe_ledger.c[c] for c in LEDGER_COLUMNS]
-    for chunk in _chunks(sorted(set(match_keys))):
-        result = conn.execute(
-            sa.select(*columns).where(
-                dedupe_ledger.c.match_key.in_(chunk),
-                dedupe_ledger.c.hour_us >= hour_us - reach_us,
-                dedupe_ledger.c.hour_us <= hour_us + reach_us,
-                dedupe_ledger.c.hour_us != hour_us,
-            )
-        )
-        rows = result.fetchall()
-        if rows:
-            frames.append(pd.DataFrame(rows, columns=list(LEDGER_COLUMNS)))
-    if not frames:
+    """Rows of other hours within `reach_us` of `hour` that hold any of `match_keys`.
+
+    The keys travel as one parameter (PostgreSQL: an array with `= ANY`; SQLite: a JSON
+    array read by `json_each`), so a million keys are one statement, not hundreds of
+    `IN (...)` lists.
+    """
+    keys = sorted(set(match_keys))
+    if not keys:
         return _empty_rows()
-    return pd.concat(frames, ignore_index=True)
+    hour_us = to_micros(hour)
+    selected = ", ".join(LEDGER_COLUMNS)
+    window = "hour_us >= :low AND hour_us <= :high AND hour_us != :hour"
+    if conn.dialect.name == "postgresql":
+        statement = sa.text(
+            f"SELECT {selected} FROM {dedupe_ledger.name} "
+            f"WHERE match_key = ANY(CAST(:keys AS TEXT[])) AND {window}"
+        )
+        parameter: object = keys
+    else:
+        statement = sa.text(
+            f"SELECT {selected} FROM {dedupe_ledger.name} "
+            f"WHERE match_key IN (SELECT value FROM json_each(:keys)) AND {window}"
+        )
+        parameter = orjson.dumps(keys).decode()
+    result = conn.execute(
+        statement,
+        {"keys": parameter, "low": hour_us - reach_us, "high": hour_us + reach_us, "hour": hour_us},
+    )
+    rows = result.fetchall()
+    if not rows:
+        return _empty_rows()
+    return pd.DataFrame(rows, columns=list(LEDGER_COLUMNS))
+
+
+_INTEGER_COLUMNS = frozenset(
+    {"hour_us", "first_event_time_us", "last_event_time_us", "owner_hour_us"}
+)
+
+
+def _python_values(series: pd.Series, column: str) -> list:
+    """Plain Python values (None for missing) that every driver binds."""
+    if column in _INTEGER_COLUMNS:
+        series = pd.to_numeric(series).astype("Int64")
+    elif column == "value":
+        series = pd.to_numeric(series).astype("float64")
+    else:
+        series = series.astype("string")
+    return series.astype(object).where(series.notna(), None).tolist()
 
 
 def insert_claims(conn: Connection, rows: pd.DataFrame) -> int:
-    """Insert the hour's rows (columns `LEDGER_COLUMNS`) in the caller's transaction."""
+    """Insert the hour's rows (columns `LEDGER_COLUMNS`) in the caller's transaction.
+
+    Straight to the driver's `executemany` with plain tuples: an hour can claim a million
+    keys, and per-row parameter processing would cost more than the insert itself.
+    """
     if rows.empty:
         return 0
-    out = rows[list(LEDGER_COLUMNS)].astype(object)
-    out = out.where(out.notna(), None)
-    out["recorded_at_us"] = now_micros()
-    records = out.to_dict("records")  # numpy scalars become Python ones here
+    columns = [*LEDGER_COLUMNS, "recorded_at_us"]
+    values = [_python_values(rows[c], c) for c in LEDGER_COLUMNS]
+    values.append([now_micros()] * len(rows))
+    records = list(zip(*values, strict=True))
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    statement = (
+        f"INSERT INTO {dedupe_ledger.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join([marker] * len(columns))})"
+    )
     for i in range(0, len(records), _CHUNK):
-        conn.execute(dedupe_ledger.insert(), records[i : i + _CHUNK])
+        conn.exec_driver_sql(statement, records[i : i + _CHUNK])
     return len(records)
 
 

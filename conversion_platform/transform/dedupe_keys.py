@@ -135,6 +135,37 @@ def _group_codes(hour_us: np.ndarray, keys: pd.Series) -> np.ndarray:
     return codes
 
 
+def _smallest_per_group(groups: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Per row, the smallest non-negative code of its group (-1 when the group has none)."""
+    big = np.iinfo(np.int64).max
+    values = np.where(codes < 0, big, codes).astype(np.int64)
+    smallest = np.full(int(groups.max()) + 1 if len(groups) else 0, big, dtype=np.int64)
+    np.minimum.at(smallest, groups, values)
+    picked = smallest[groups]
+    return np.where(picked == big, -1, picked)
+
+
+def _largest_per_group(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per row, the largest value of its group."""
+    largest = np.full(int(groups.max()) + 1 if len(groups) else 0, np.iinfo(np.int64).min)
+    np.maximum.at(largest, groups, values)
+    return largest[groups]
+
+
+def _distinct_per_group(groups: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Per row, how many distinct non-negative codes its group holds."""
+    present = codes >= 0
+    pairs = np.unique(np.stack([groups[present], codes[present]], axis=1), axis=0)
+    counts = np.bincount(pairs[:, 0], minlength=int(groups.max()) + 1 if len(groups) else 0)
+    return counts[groups]
+
+
+def _text_at(texts: pd.Index | np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The text of each code (NA for -1)."""
+    table = np.append(np.asarray(texts, dtype=object), pd.NA)
+    return table[np.where(codes < 0, len(table) - 1, codes)]
+
+
 def _connected_labels(codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
     """Connected components of rows linked by equal `codes_a` or equal `codes_b`.
 
@@ -210,7 +241,6 @@ def assign_dedupe_keys(
     linked = has_id | has_order
 
     # Rows linked by event id or order key: connected components within each hour.
-    labels = np.full(n, -1, dtype=np.int64)
     rule = np.full(n, RULE_NONE, dtype=object)
     dedupe_key = pd.Series(pd.NA, index=frame.index, dtype="string")
     conversion_event_id = pd.Series(pd.NA, index=frame.index, dtype="string")
@@ -221,26 +251,22 @@ def assign_dedupe_keys(
         ids = id_key.iloc[idx].reset_index(drop=True)
         orders = order_key.iloc[idx].reset_index(drop=True)
         component = _connected_labels(_group_codes(sub_hours, ids), _group_codes(sub_hours, orders))
-        parts = pd.DataFrame(
-            {
-                "c": component,
-                "id_key": ids,
-                "order_key": orders,
-                "sender": sender.iloc[idx].reset_index(drop=True),
-            }
+        # Per component, on integer codes (pandas' string min/nunique run per group in Python).
+        id_codes, id_texts = pd.factorize(ids, sort=True)
+        order_codes, order_texts = pd.factorize(orders, sort=True)
+        sender_codes, sender_texts = pd.factorize(
+            sender.iloc[idx].reset_index(drop=True), sort=True
         )
-        grouped = parts.groupby("c", sort=False)
-        distinct_ids = grouped["id_key"].transform("nunique")
-        all_have_id = grouped["id_key"].transform("count") == grouped["id_key"].transform("size")
-        by_event_id = ((distinct_ids == 1) & all_have_id).to_numpy()
-        first_id = grouped["id_key"].transform("min")
-        first_order = grouped["order_key"].transform("min")
-        first_sender = grouped["sender"].transform("min")
-        key = first_id.where(by_event_id, first_order)
+        distinct_ids = _distinct_per_group(component, id_codes)
+        all_have_id = _largest_per_group(component, (id_codes < 0).astype(np.int64)) == 0
+        by_event_id = (distinct_ids == 1) & all_have_id
+        first_id = _text_at(id_texts, _smallest_per_group(component, id_codes))
+        first_order = _text_at(order_texts, _smallest_per_group(component, order_codes))
+        first_sender = _text_at(sender_texts, _smallest_per_group(component, sender_codes))
+        key = pd.Series(np.where(by_event_id, first_id, first_order), dtype="string")
         rule[idx] = np.where(by_event_id, RULE_EVENT_ID, RULE_ORDER_ID)
         dedupe_key.iloc[idx] = key.to_numpy()
-        conversion_event_id.iloc[idx] = first_sender.to_numpy()  # NA: derived below
-        labels[idx] = component
+        conversion_event_id.iloc[idx] = first_sender  # NA: derived below
         keyed = pd.DataFrame(
             {
                 "hour_us": sub_hours,

@@ -84,7 +84,7 @@ def collect_nodes(frame: pd.DataFrame, times_us: np.ndarray) -> HourNodes:
     offset = 0
     for k, kind in enumerate(KINDS):
         column = frame[KIND_COLUMNS[kind]]
-        codes, uniques = pd.factorize(column.astype(object).where(column.notna(), None).to_numpy())
+        codes, uniques = pd.factorize(column)
         m = len(uniques)
         present = codes >= 0
         row_nodes[present, k] = codes[present] + offset
@@ -123,7 +123,7 @@ def find_overlinked(nodes: HourNodes, rules: IdentityRules) -> np.ndarray:
             both = (rows[:, a] >= 0) & (rows[:, b] >= 0)
             if not both.any():
                 continue
-            pairs = np.unique(rows[both, a] * n + rows[both, b])
+            pairs = pd.unique(rows[both, a] * n + rows[both, b])  # hashing, not sorting
             counts = np.bincount(pairs // n, minlength=n)
             over |= counts > rules.cap(KINDS[b])
     return over
@@ -387,8 +387,9 @@ def _assign(
     """Turn groups into persons: keep the oldest person, merge the others, create new ones."""
     node_group = group[:n]
     # Persons per group: the one first seen earliest is kept, the others merge into it.
-    persons = person_table.assign(group=group[n:size])
-    persons = persons.sort_values(["group", "first_seen_us", "person_id"], kind="stable")
+    # Ties on the first-seen time fall to the order persons were met (integer keys sort fast).
+    persons = person_table.assign(group=group[n:size], code=np.arange(len(person_table)))
+    persons = persons.sort_values(["group", "first_seen_us", "code"], kind="stable")
     kept = persons.drop_duplicates("group", keep="first").set_index("group")["person_id"]
     merged = persons.loc[persons["person_id"].to_numpy() != persons["group"].map(kept).to_numpy()]
     merges = pd.DataFrame(
@@ -402,6 +403,7 @@ def _assign(
     # Per group: new identifiers by kind, their earliest time, and whether it is stored.
     ids = pd.DataFrame(
         {
+            "node": np.arange(n),
             "group": node_group,
             "kind": nodes.kind,
             "value": nodes.value,
@@ -432,7 +434,7 @@ def _assign(
     fresh = stored_groups.difference(kept.index)
     seeds = (
         new_ids.loc[new_ids["group"].isin(fresh)]
-        .sort_values(["group", "kind", "value"], kind="stable")
+        .sort_values(["group", "kind", "node"], kind="stable")
         .drop_duplicates("group")
         .set_index("group")
     )
@@ -546,7 +548,7 @@ def _group_contacts(persons: pd.DataFrame, new_ids: pd.DataFrame, groups: pd.Ind
             pd.DataFrame(
                 {
                     "group": mine["group"].to_numpy(),
-                    "kind": kind,
+                    "kind": KINDS.index(kind),
                     "source": 0,
                     "order": order,
                     "value": mine[column].to_numpy(dtype=object),
@@ -561,9 +563,10 @@ def _group_contacts(persons: pd.DataFrame, new_ids: pd.DataFrame, groups: pd.Ind
             pd.DataFrame(
                 {
                     "group": of_kind["group"].to_numpy(),
-                    "kind": kind,
+                    "kind": KINDS.index(kind),
                     "source": 1,
                     "order": of_kind["first_seen_us"].to_numpy(),
+                    "node": of_kind["node"].to_numpy(),
                     "value": of_kind["value"].to_numpy(dtype=object),
                     "variant": of_kind["variant"].to_numpy(dtype=object),
                 }
@@ -571,12 +574,13 @@ def _group_contacts(persons: pd.DataFrame, new_ids: pd.DataFrame, groups: pd.Ind
         )
     candidates = pd.concat(parts, ignore_index=True)
     candidates = candidates.loc[candidates["value"].notna()]
+    candidates["node"] = candidates["node"].fillna(-1)
     chosen = candidates.sort_values(
-        ["group", "kind", "source", "order", "value"], kind="stable"
+        ["group", "kind", "source", "order", "node"], kind="stable"
     ).drop_duplicates(["group", "kind"])
     out = pd.DataFrame(index=groups, columns=list(CONTACT_COLUMNS), dtype=object)
     for kind, (column, variant_column) in CONTACTS.items():
-        picked = chosen.loc[chosen["kind"] == kind].set_index("group")
+        picked = chosen.loc[chosen["kind"] == KINDS.index(kind)].set_index("group")
         out[column] = picked["value"].reindex(groups)
         if variant_column:
             variant = picked["variant"].where(picked["variant"].notna(), picked["value"])

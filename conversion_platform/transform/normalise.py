@@ -278,7 +278,8 @@ _HASHED_COLUMN_SOURCES: dict[str, tuple[str, int]] = {
     "last_name_sha256": ("last_name", 0),
     "external_id_sha256": ("external_id", 0),
 }
-_VARIANT_PAIRS = (
+#: Hashed columns that are two forms of one identifier (a lone digest stands in for both).
+VARIANT_PAIRS: tuple[tuple[str, str], ...] = (
     ("email_sha256", "email_google_sha256"),
     ("phone_sha256", "phone_digits_sha256"),
 )
@@ -420,7 +421,7 @@ def hash_identity_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[st
             frame[target] = hashed
     # A digest given for one variant only stands in for the other, as a digest passed in
     # the plaintext field does (which form the sender hashed is unknown).
-    for first, second in _VARIANT_PAIRS:
+    for first, second in VARIANT_PAIRS:
         if first in frame.columns or second in frame.columns:
             for column in (first, second):
                 if column not in frame.columns:
