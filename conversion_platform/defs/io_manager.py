@@ -62,6 +62,9 @@ class HourlyParquetIOManager(dg.ConfigurableIOManager):
         os.replace(temporary, path)  # a reader never sees half a file
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        # An input may name the columns it reads (`AssetIn(metadata={"columns": [...]})`):
+        # Parquet then decodes only those.
+        columns = (context.definition_metadata or {}).get("columns")
         frames = []
         for key in context.asset_partition_keys:
             path = self._path(context.asset_key, key)
@@ -69,7 +72,7 @@ class HourlyParquetIOManager(dg.ConfigurableIOManager):
                 raise FileNotFoundError(
                     f"{context.asset_key.to_user_string()} has no data for hour {key}: materialise it first"
                 )
-            table = pq.read_table(path)
+            table = pq.read_table(path, columns=list(columns) if columns else None)
             # self_destruct frees each Arrow column as it is converted: a lower peak.
             frames.append(table.to_pandas(split_blocks=True, self_destruct=True))
             del table

@@ -12,6 +12,7 @@ from conversion_platform.defs.partitions import hourly_partitions, hours_of_run,
 from conversion_platform.defs.resources import OperationalDatabase, PlatformSettings
 from conversion_platform.destinations.config import DestinationConfig
 from conversion_platform.operations.delivery_report import (
+    CONVERSION_COLUMNS,
     FIGURES,
     DestinationHourReport,
     hour_delivery_report,
@@ -57,7 +58,11 @@ def build_delivery_report_asset(configs: list[DestinationConfig]) -> dg.AssetsDe
         backfill_policy=single_run,
         group_name=REPORT_GROUP,
         kinds={"pandas", "parquet", "sql"},
-        ins={"resolved_conversions": dg.AssetIn("resolved_conversions")},
+        ins={
+            "resolved_conversions": dg.AssetIn(
+                "resolved_conversions", metadata={"columns": list(CONVERSION_COLUMNS)}
+            )
+        },
         deps=[dg.AssetKey([DELIVERY_KEY_PREFIX, name]) for name in destinations],
         code_version="1",
     )

@@ -66,7 +66,13 @@ class DestinationHourReport:
 def _server_only(sources: pd.Series) -> pd.Series:
     """True where no browser pixel saw the conversion (only the backend or the logs)."""
     text = sources.astype("string").fillna("")
-    return ~text.str.split(",").apply(lambda parts: events.SOURCE_PIXEL in parts)
+    pattern = rf"(?:^|,){events.SOURCE_PIXEL}(?:,|$)"
+    return ~text.str.contains(pattern, regex=True).astype(bool)
+
+
+#: The columns of the hour's conversions the report reads (the delivery report asset
+#: loads only these from Parquet).
+CONVERSION_COLUMNS = (events.HOUR_COLUMN, "event_id", "sources")
 
 
 def hour_delivery_report(
@@ -74,17 +80,26 @@ def hour_delivery_report(
 ) -> list[DestinationHourReport]:
     """The report of `hour` for each destination (the configured ones, and any in the log)."""
     hour_us = to_micros(hour)
+    outcomes = delivery_events.c
+    sent_ok_statuses = (*DELIVERED_STATUSES, log.EVENT_DRY_RUN)
     with engine.connect() as conn:
-        outcomes = pd.DataFrame(
+        # Counted by the database: an hour of a million conversions is millions of
+        # outcome rows, of which the report needs the totals.
+        rejected_reason = sa.case(
+            (outcomes.status == log.EVENT_PERMANENT, outcomes.reason), else_=None
+        )
+        counts = pd.DataFrame(
             conn.execute(
                 sa.select(
-                    delivery_events.c.destination,
-                    delivery_events.c.event_id,
-                    delivery_events.c.status,
-                    delivery_events.c.reason,
-                ).where(delivery_events.c.hour_us == hour_us)
+                    outcomes.destination,
+                    outcomes.status,
+                    rejected_reason.label("reason"),
+                    sa.func.count().label("events"),
+                )
+                .where(outcomes.hour_us == hour_us)
+                .group_by(outcomes.destination, outcomes.status, rejected_reason)
             ).fetchall(),
-            columns=["destination", "event_id", "status", "reason"],
+            columns=["destination", "status", "reason", "events"],
         )
         dead = pd.DataFrame(
             conn.execute(
@@ -103,29 +118,45 @@ def hour_delivery_report(
                 sa.select(delivery_retries).where(delivery_retries.c.hour_us == hour_us)
             )
         }
+        server_only_ids: pd.Series = pd.Series([], dtype=object)
+        if len(conversions) and "sources" in conversions.columns:
+            flags = _server_only(conversions["sources"]).to_numpy()
+            server_only_ids = conversions.loc[flags, "event_id"].astype(str)
+        sent_ok = pd.DataFrame(
+            conn.execute(
+                sa.select(outcomes.destination, outcomes.event_id).where(
+                    outcomes.hour_us == hour_us, outcomes.status.in_(sent_ok_statuses)
+                )
+            ).fetchall()
+            if len(server_only_ids)
+            else [],
+            columns=["destination", "event_id"],
+        )
+    server_only_by_destination = (
+        sent_ok.loc[sent_ok["event_id"].isin(server_only_ids), "destination"].value_counts()
+        if len(sent_ok)
+        else pd.Series(dtype="int64")
+    )
     circuits = read_circuits(engine)
-    server_only_ids: set[str] = set()
-    if len(conversions) and "sources" in conversions.columns:
-        flags = _server_only(conversions["sources"])
-        server_only_ids = set(conversions.loc[flags.to_numpy(), "event_id"].astype(str))
 
-    names = list(dict.fromkeys([*destinations, *sorted(set(outcomes["destination"]))]))
+    names = list(dict.fromkeys([*destinations, *sorted(set(counts["destination"]))]))
     reports = []
     for name in names:
-        mine = outcomes[outcomes["destination"] == name]
+        mine = counts[counts["destination"] == name]
         mine_dead = dead[dead["destination"] == name]
-        status = mine["status"].value_counts()
+        status = mine.groupby("status")["events"].sum()
 
         def count(*statuses: str, _status: pd.Series = status) -> int:
             return int(sum(int(_status.get(s, 0)) for s in statuses))
 
+        permanent = mine[mine["status"] == log.EVENT_PERMANENT]
         rejected_reasons: Counter[str] = Counter(
-            str(reason) for reason in mine.loc[mine["status"] == log.EVENT_PERMANENT, "reason"]
+            {str(r): int(n) for r, n in zip(permanent["reason"], permanent["events"], strict=True)}
         )
-        sent_ok = mine[mine["status"].isin((*DELIVERED_STATUSES, log.EVENT_DRY_RUN))]
-        server_only = int(sent_ok["event_id"].astype(str).isin(server_only_ids).sum())
+        sent = count(*sent_ok_statuses)
+        server_only = int(server_only_by_destination.get(name, 0))
         figures: dict[str, float | int] = {
-            "eligible": len(mine) - count(log.EVENT_FILTERED),
+            "eligible": int(mine["events"].sum()) - count(log.EVENT_FILTERED),
             "delivered": count(*DELIVERED_STATUSES),
             "dry_run": count(log.EVENT_DRY_RUN),
             "rejected": int(sum(rejected_reasons.values())),
@@ -135,7 +166,7 @@ def hour_delivery_report(
             "retries_exhausted": int((mine_dead["kind"] == KIND_RETRIES_EXHAUSTED).sum()),
             "filtered_no_consent": count(log.EVENT_FILTERED),
             "server_only": server_only,
-            "server_recovered_share": round(server_only / len(sent_ok), 4) if len(sent_ok) else 0.0,
+            "server_recovered_share": round(server_only / sent, 4) if sent else 0.0,
         }
         retry = retries.get(name)
         circuit = circuits.get(name)
