@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from conversion_platform import events
 from conversion_platform.ingest.access_log import AccessLogRule
+from conversion_platform.ingest.log_chunks import LogChunk
 from conversion_platform.ingest.record_columns import coerce_records, concat_coerced, stored_frame
 from conversion_platform.ingest.server_logs import scan_logs_for_hours
 from conversion_platform.store.quarantine import STAGE_PARSE, QuarantinedRecord
@@ -44,32 +45,13 @@ def ingest_server_logs(
     Records are checked a chunk of lines at a time, column by column
     (`record_columns.coerce_records`), with `coerce_record`'s reasons for the ones refused.
     """
-    scan = scan_logs_for_hours(engine, logs_dir, rules, hours)
-    per_hour = {
-        hour: {
-            "lines_parsed": 0,
-            "lines_quarantined": len(scan.failed.get(hour, [])),
-            "lines_ignored": scan.ignored.get(hour, 0),
-        }
-        for hour in hours
-    }
-    quarantined_by_hour: dict[datetime, list[QuarantinedRecord]] = {
-        hour: [
-            QuarantinedRecord(
-                stage=STAGE_PARSE,
-                source=events.SOURCE_LOG,
-                hour=hour,
-                origin=line.origin,
-                reason=line.error or "unreadable",
-                raw_redacted=redact(line.raw),
-            )
-            for line in scan.failed.get(hour, [])
-        ]
-        for hour in hours
-    }
     frames: list[pd.DataFrame] = []
     hour_parts: list[np.ndarray] = []
-    for chunk in scan.chunks:
+    parsed: Counter[datetime] = Counter()
+    refused: dict[datetime, list[QuarantinedRecord]] = {hour: [] for hour in hours}
+
+    def coerce_chunk(chunk: LogChunk) -> None:
+        """Check a chunk's records as soon as it is parsed; its dicts are dropped after."""
         logged = pd.Series(np.asarray(chunk.logged_ns, dtype="datetime64[ns]")).dt.tz_localize(
             "UTC"
         )
@@ -78,7 +60,7 @@ def ingest_server_logs(
         for position, reason in coerced.failures:
             record = chunk.records[position]
             hour = _hour(int(hours_ns[position]))
-            quarantined_by_hour[hour].append(
+            refused[hour].append(
                 QuarantinedRecord(
                     stage=STAGE_PARSE,
                     source=events.SOURCE_LOG,
@@ -92,15 +74,42 @@ def ingest_server_logs(
                     else None,
                 )
             )
-            per_hour[hour]["lines_quarantined"] += 1
         kept_hours = hours_ns[coerced.positions]
         for hour_ns, count in zip(*np.unique(kept_hours, return_counts=True), strict=True):
-            per_hour[_hour(int(hour_ns))]["lines_parsed"] += int(count)
+            parsed[_hour(int(hour_ns))] += int(count)
         frames.append(coerced.frame)
         hour_parts.append(kept_hours)
-        chunk.records = []  # the dicts are done with: free them before the next chunk's
+
+    scan = scan_logs_for_hours(engine, logs_dir, rules, hours, on_chunk=coerce_chunk)
+    per_hour = {
+        hour: {
+            "lines_parsed": parsed[hour],
+            "lines_quarantined": len(scan.failed.get(hour, [])) + len(refused[hour]),
+            "lines_ignored": scan.ignored.get(hour, 0),
+        }
+        for hour in hours
+    }
+    # Per hour: lines that couldn't be read first, then records refused by the checks.
+    quarantined_by_hour: dict[datetime, list[QuarantinedRecord]] = {
+        hour: [
+            *(
+                QuarantinedRecord(
+                    stage=STAGE_PARSE,
+                    source=events.SOURCE_LOG,
+                    hour=hour,
+                    origin=line.origin,
+                    reason=line.error or "unreadable",
+                    raw_redacted=redact(line.raw),
+                )
+                for line in scan.failed.get(hour, [])
+            ),
+            *refused[hour],
+        ]
+        for hour in hours
+    }
     if frames:
         coerced_frame = concat_coerced(frames)
+        frames.clear()  # the chunks' columns are in `coerced_frame` now
         hour_ns = np.concatenate(hour_parts)
         # In hour order, and within an hour in file and line order.
         order = np.argsort(hour_ns, kind="stable")

@@ -9,6 +9,7 @@ line), so it is quarantined exactly once however many hours run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,13 +83,21 @@ def _known_ranges(engine: Engine) -> dict[str, Any]:
 
 
 def scan_logs_for_hours(
-    engine: Engine, logs_dir: Path, rules: list[AccessLogRule], hours: list[datetime]
+    engine: Engine,
+    logs_dir: Path,
+    rules: list[AccessLogRule],
+    hours: list[datetime],
+    on_chunk: Callable[[LogChunk], None] | None = None,
 ) -> LogScan:
     """Parse every file that can hold one of `hours`, keeping what belongs to them.
 
     The file index says which files can: a file it knows unchanged (same size and mtime)
     whose range misses the window is not opened. A new or changed file is parsed once,
     for the window and for the index together.
+
+    With `on_chunk`, each chunk of the window's records is handed to it as soon as it is
+    parsed instead of being kept in `LogScan.chunks`: only one chunk's parsed records are
+    held at a time (ingest coerces and drops them chunk by chunk).
     """
     scan = LogScan(failed={hour: [] for hour in hours}, ignored=dict.fromkeys(hours, 0))
     if not hours:
@@ -141,7 +150,10 @@ def scan_logs_for_hours(
                     chunk.raws = [chunk.raws[i] for i in index]
                 chunk.failed = []
                 chunk.ignored_hours_ns = []
-                scan.chunks.append(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+                else:
+                    scan.chunks.append(chunk)
         failed.sort(key=lambda line: line.line_number)
         for line in failed:  # their hours are known once the whole file is read
             first = line.hour_ns if first is None else min(first, line.hour_ns)
