@@ -293,7 +293,7 @@ class JsonObject:
             if isinstance(member.value, JsonObject):
                 out.extend(member.value.pieces())
             elif member.value is not None:
-                out.append(member.value.fill_null(EMPTY))
+                out.append(member.value)  # a null joins as nothing (`join_pieces`)
             if member.closing:
                 if member.valid is None:
                     out.append(lit(member.closing))
@@ -316,10 +316,14 @@ def _choose(codes: np.ndarray, texts: tuple[str, ...]) -> pa.Array:
 
 
 def join_pieces(pieces: list[pa.Array | pa.Scalar], n: int) -> pa.Array:
-    """The pieces (columns of n values, or constants) joined per event, in one call."""
+    """The pieces (columns of n values, or constants) joined per event, in one call; a
+    null piece joins as nothing (Arrow's `replace` null handling, which, unlike `skip`,
+    keeps rows whose pieces are all null)."""
     if not any(isinstance(p, pa.Array) for p in pieces):
         return pa.repeat(lit("".join(p.as_py() for p in pieces)), n)
-    return pc.binary_join_element_wise(*pieces, EMPTY)
+    return pc.binary_join_element_wise(
+        *pieces, EMPTY, null_handling="replace", null_replacement=""
+    )
 
 
 def list_of_present(values: list[pa.Array]) -> pa.Array:
@@ -331,7 +335,7 @@ def list_of_present(values: list[pa.Array]) -> pa.Array:
         valid = is_present(value)
         codes = np.where(valid, np.where(first > index, 1, 2), 0).astype(np.int8)
         pieces.append(_choose(codes, ("", "", ",")))
-        pieces.append(value.fill_null(EMPTY))
+        pieces.append(value)
         first = np.where(valid & (first > index), index, first)
         element.present |= valid
     pieces.append(lit("]"))
