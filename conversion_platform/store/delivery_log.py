@@ -41,6 +41,9 @@ SETTLED_STATUSES = frozenset(
 
 #: ids per settled-lookup query on PostgreSQL (one array parameter each)
 _LOOKUP_CHUNK = 100_000
+#: PostgreSQL: from this many rows, outcomes go by COPY into `_INCOMING`, then one upsert
+_COPY_MIN_ROWS = 1_000
+_INCOMING = "delivery_events_incoming"
 #: rows per executemany call
 _WRITE_CHUNK = 50_000
 
@@ -229,6 +232,19 @@ class OutcomeColumns:
         self.match_quality += other.match_quality
 
 
+#: The same upsert on SQLite for many rows at once: each row is a JSON array (event id,
+#: name, status, reason, batch id, attempts, match quality) of one JSON document.
+_UPSERT_EVENTS_JSON = (
+    "INSERT INTO delivery_events (destination, event_id, event_name, hour_us, status, "
+    "reason, batch_id, attempts, match_quality, updated_at_us) "
+    "SELECT ?1, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), ?2, "
+    "json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'), "
+    "json_extract(j.value, '$[4]'), json_extract(j.value, '$[5]'), "
+    "json_extract(j.value, '$[6]'), ?3 FROM json_each(?4) AS j WHERE true "
+    + _UPSERT_EVENT[_UPSERT_EVENT.index("ON CONFLICT") :]
+)
+
+
 def record_event_outcomes(
     conn: Connection, destination: str, hour: datetime, outcomes: Iterable[EventOutcome]
 ) -> None:
@@ -248,7 +264,9 @@ def record_outcome_columns(
     """`record_event_outcomes` of outcomes held column by column.
 
     Rows go in event id order (stable: a later outcome of the same event still wins), so
-    the primary key's B-tree is written page after page rather than at random.
+    the primary key's B-tree is written page after page rather than at random. On SQLite
+    the rows travel as one JSON array per statement (read by `json_each`), a third
+    cheaper than binding ten parameters a row.
     """
     if not columns:
         return
@@ -256,24 +274,71 @@ def record_outcome_columns(
     hour_us = to_micros(hour)
     rows = list(
         zip(
-            repeat(destination),
             columns.event_ids,
             columns.event_names,
-            repeat(hour_us),
             columns.statuses,
             columns.reasons,
             columns.batch_ids,
             columns.attempts,
             columns.match_quality,
-            repeat(now),
             strict=False,
         )
     )
-    rows.sort(key=itemgetter(1))
+    rows.sort(key=itemgetter(0))
+    if conn.dialect.name == "sqlite":
+        for i in range(0, len(rows), _WRITE_CHUNK):
+            document = orjson.dumps(rows[i : i + _WRITE_CHUNK]).decode()
+            conn.exec_driver_sql(_UPSERT_EVENTS_JSON, (destination, hour_us, now, document))
+        return
+    driver = conn.connection.driver_connection
+    if len(rows) >= _COPY_MIN_ROWS and conn.dialect.driver == "psycopg" and _distinct_ids(columns):
+        _copy_upsert(conn, driver, destination, hour_us, now, rows)
+        return
     placeholder = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = _UPSERT_EVENT.format(p=placeholder)
     for i in range(0, len(rows), _WRITE_CHUNK):
-        conn.exec_driver_sql(sql, rows[i : i + _WRITE_CHUNK])
+        conn.exec_driver_sql(
+            sql,
+            [
+                (destination, e, n, hour_us, st, r, b, a, q, now)
+                for e, n, st, r, b, a, q in rows[i : i + _WRITE_CHUNK]
+            ],
+        )
+
+
+def _distinct_ids(columns: OutcomeColumns) -> bool:
+    return len(set(columns.event_ids)) == len(columns.event_ids)
+
+
+def _copy_upsert(
+    conn: Connection,
+    driver: Any,
+    destination: str,
+    hour_us: int,
+    now: int,
+    rows: list[tuple[Any, ...]],
+) -> None:
+    """PostgreSQL (psycopg 3): COPY the rows into a temporary table, then one upsert.
+
+    One statement can't update a row twice, so this is only for distinct event ids.
+    """
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING} (event_id TEXT, event_name TEXT, "
+        "status TEXT, reason TEXT, batch_id BIGINT, attempts INTEGER, "
+        "match_quality DOUBLE PRECISION) ON COMMIT DELETE ROWS"
+    )
+    with driver.cursor() as cursor, cursor.copy(f"COPY {_INCOMING} FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    conn.exec_driver_sql(
+        "INSERT INTO delivery_events (destination, event_id, event_name, hour_us, status, "
+        "reason, batch_id, attempts, match_quality, updated_at_us) "
+        "SELECT %s, event_id, event_name, %s, status, reason, batch_id, attempts, "
+        f"match_quality, %s FROM {_INCOMING} ORDER BY event_id "
+        + _UPSERT_EVENT[_UPSERT_EVENT.index("ON CONFLICT") :],
+        (destination, hour_us, now),
+    )
+    conn.exec_driver_sql(f"TRUNCATE {_INCOMING}")
 
 
 def event_status_counts(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
