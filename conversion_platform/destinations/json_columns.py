@@ -321,9 +321,7 @@ def join_pieces(pieces: list[pa.Array | pa.Scalar], n: int) -> pa.Array:
     keeps rows whose pieces are all null)."""
     if not any(isinstance(p, pa.Array) for p in pieces):
         return pa.repeat(lit("".join(p.as_py() for p in pieces)), n)
-    return pc.binary_join_element_wise(
-        *pieces, EMPTY, null_handling="replace", null_replacement=""
-    )
+    return pc.binary_join_element_wise(*pieces, EMPTY, null_handling="replace", null_replacement="")
 
 
 def list_of_present(values: list[pa.Array]) -> pa.Array:
