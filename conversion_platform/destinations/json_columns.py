@@ -265,30 +265,30 @@ class JsonObject:
         self._member(key, "{", child, "}", None if always else child.present.copy())
         return self
 
-    def pieces(self) -> list[pa.Array | pa.Scalar]:
+    def pieces(self) -> list[pa.Array | Choice]:
         """The object's members as pieces to join (without the braces)."""
         n = len(self._members)
         # Per event, the first member present: it alone goes without a leading comma.
         first = np.full(self.n, n, dtype=np.int32)
         always_before = False
-        out: list[pa.Array | pa.Scalar] = []
+        out: list[pa.Array | Choice] = []
         for index, member in enumerate(self._members):
             bare = f'"{member.key}":{member.opening}'
             if member.valid is None:
                 if index == 0 or always_before:
-                    out.append(lit(bare if index == 0 else "," + bare))
+                    out.append(Choice(None, (bare if index == 0 else "," + bare,)))
                 else:
                     codes = np.where(first > index, 0, 1).astype(np.int8)
-                    out.append(_choose(codes, (bare, "," + bare)))
+                    out.append(Choice(codes, (bare, "," + bare)))
                 first = np.minimum(first, index)
                 always_before = True
             else:
                 if always_before:
                     codes = np.where(member.valid, 1, 0).astype(np.int8)
-                    out.append(_choose(codes, ("", "," + bare)))
+                    out.append(Choice(codes, ("", "," + bare)))
                 else:
                     codes = np.where(member.valid, np.where(first > index, 1, 2), 0)
-                    out.append(_choose(codes.astype(np.int8), ("", bare, "," + bare)))
+                    out.append(Choice(codes.astype(np.int8), ("", bare, "," + bare)))
                     first = np.where(member.valid & (first > index), index, first)
             if isinstance(member.value, JsonObject):
                 out.extend(member.value.pieces())
@@ -296,18 +296,69 @@ class JsonObject:
                 out.append(member.value)  # a null joins as nothing (`join_pieces`)
             if member.closing:
                 if member.valid is None:
-                    out.append(lit(member.closing))
+                    out.append(Choice(None, (member.closing,)))
                 else:
-                    out.append(_choose(member.valid.astype(np.int8), ("", member.closing)))
+                    out.append(Choice(member.valid.astype(np.int8), ("", member.closing)))
         return out
 
     def build(self) -> pa.Array:
         """`{...}` for every event (`{}` where no member is present)."""
-        return join_pieces([lit("{"), *self.pieces(), lit("}")], self.n)
+        pieces = [Choice(None, ("{",)), *self.pieces(), Choice(None, ("}",))]
+        return join_pieces(merge_choices(pieces), self.n)
 
     def build_or_null(self) -> pa.Array:
         """`{...}`, or null for events without any member."""
         return mask_where(self.build(), self.present)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A constant piece of JSON text per event: `texts[codes[i]]` (`texts[0]` for every
+    event when `codes` is None)."""
+
+    codes: np.ndarray | None
+    texts: tuple[str, ...]
+
+    def then(self, other: Choice) -> Choice:
+        """This piece followed by `other`, as one piece."""
+        if self.codes is None:
+            return Choice(other.codes, tuple(self.texts[0] + t for t in other.texts))
+        if other.codes is None:
+            return Choice(self.codes, tuple(t + other.texts[0] for t in self.texts))
+        codes = self.codes.astype(np.int16) * len(other.texts) + other.codes
+        return Choice(codes, tuple(a + b for a in self.texts for b in other.texts))
+
+    def piece(self) -> pa.Array | pa.Scalar:
+        if self.codes is None:
+            return lit(self.texts[0])
+        return _choose(self.codes, self.texts)
+
+
+#: Most texts a merged `Choice` may have (merging multiplies their numbers).
+_MAX_CHOICES = 64
+
+
+def merge_choices(pieces: list[pa.Array | Choice]) -> list[pa.Array | pa.Scalar]:
+    """Adjacent constant pieces merged into one (a member's closing quote and the next
+    member's key become one piece): fewer arguments to the join, fewer arrays to build."""
+    out: list[pa.Array | pa.Scalar] = []
+    pending: Choice | None = None
+    for piece in pieces:
+        if not isinstance(piece, Choice):
+            if pending is not None:
+                out.append(pending.piece())
+                pending = None
+            out.append(piece)
+        elif pending is None:
+            pending = piece
+        elif len(pending.texts) * len(piece.texts) <= _MAX_CHOICES:
+            pending = pending.then(piece)
+        else:
+            out.append(pending.piece())
+            pending = piece
+    if pending is not None:
+        out.append(pending.piece())
+    return out
 
 
 def _choose(codes: np.ndarray, texts: tuple[str, ...]) -> pa.Array:
