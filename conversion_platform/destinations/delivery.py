@@ -9,7 +9,13 @@ recording every attempt and every event's outcome in the delivery log.
 An event's outcome is written in the same transaction as the attempt that settled it, so
 a run that dies half-way never forgets what the platform already took. While one batch's
 outcome is written, the next batch is already on its way (one request in flight ahead,
-never after an auth failure), so the platform's time and ours overlap.
+never after an auth failure), so the platform's time and ours overlap. In dry-run mode
+nothing is settled: the hour's request rows and outcomes are written together, in one
+transaction, once its bodies are built.
+
+Outcomes are kept column by column (`delivery_log.OutcomeColumns`), not as an object per
+event, and the rules that pick an hour's events narrow one array of row positions, so the
+hour's frame is copied once.
 """
 
 from __future__ import annotations
