@@ -500,7 +500,8 @@ class HourDeliverer:
         ctx.report.requests += 1
         ctx.written.append(
             _Written(
-                batch,
+                number,
+                batch.event_ids,
                 run.names[positions.start : positions.stop],
                 run.quality[positions.start : positions.stop],
                 now_micros(),
@@ -519,12 +520,12 @@ class HourDeliverer:
                         destination=config.name,
                         hour=ctx.hour,
                         run_id=self.run_id,
-                        batch_number=written.batch.number,
+                        batch_number=written.number,
                         attempt=1,
                         mode=MODE_DRY_RUN,
                         status=log.EVENT_DRY_RUN,
                         http_status=None,
-                        event_ids=written.batch.event_ids,
+                        event_ids=written.event_ids,
                         response=f"written to {outbox.path}",
                         retry_after_s=None,
                         platform_request_id=None,
@@ -536,7 +537,7 @@ class HourDeliverer:
             )
             for written, batch_id in zip(ctx.written, batch_ids, strict=True):
                 outcomes.add(
-                    written.batch.event_ids,
+                    written.event_ids,
                     written.names,
                     log.EVENT_DRY_RUN,
                     None,
@@ -753,9 +754,10 @@ class _BatchContext:
 
 @dataclass
 class _Written:
-    """Dry run: a batch written to the outbox, with its events' names and scores."""
+    """Dry run: a batch written to the outbox (its events; the body is not kept)."""
 
-    batch: EventBatch
+    number: int
+    event_ids: list[str]
     names: list[str | None]
     quality: list[float | None]
     at_us: int
