@@ -619,7 +619,7 @@ class HourDeliverer:
                 )
                 if final:
                     outcomes = self._outcomes(ctx, run, prepared, outcome, batch_id, split)
-                    log.record_event_outcomes(conn, config.name, ctx.hour, outcomes)
+                    log.record_outcome_columns(conn, config.name, ctx.hour, outcomes)
             if final:
                 break
             self.sleep(wait)
@@ -665,28 +665,35 @@ class HourDeliverer:
         outcome: BatchOutcome,
         batch_id: int,
         split: bool,
-    ) -> list[log.EventOutcome]:
+    ) -> log.OutcomeColumns:
         """Each event's outcome after the batch's last attempt (nothing for a split batch,
         except the events the platform named)."""
         report, batch, positions = ctx.report, prepared.batch, prepared.positions
+        results = log.OutcomeColumns()
 
-        def one(i: int, status: str, reason: str | None = None) -> log.EventOutcome:
-            p = positions[i]
-            return log.EventOutcome(
-                run.event_ids[p], run.names[p], status, reason, batch_id, run.quality[p]
+        def add(indices: Sequence[int], status: str, reason: str | None = None) -> None:
+            at = [positions[i] for i in indices]
+            results.add(
+                [run.event_ids[p] for p in at],
+                [run.names[p] for p in at],
+                status,
+                reason,
+                batch_id,
+                [run.quality[p] for p in at],
             )
 
-        results: list[log.EventOutcome] = []
+        everything = range(len(batch))
         if outcome.status == STATUS_PERMANENT:
             for i, reason in outcome.rejected.items():
                 report.rejected[reason] += 1
-                results.append(one(i, log.EVENT_PERMANENT, reason))
+                add([i], log.EVENT_PERMANENT, reason)
             if split:
                 return results
             reason = outcome.reason or f"HTTP {outcome.http_status}"
-            rest = [i for i in range(len(batch)) if i not in outcome.rejected]
+            rest = [i for i in everything if i not in outcome.rejected]
             report.rejected[reason] += len(rest)
-            return results + [one(i, log.EVENT_PERMANENT, reason) for i in rest]
+            add(rest, log.EVENT_PERMANENT, reason)
+            return results
         if outcome.status in (
             STATUS_DELIVERED,
             STATUS_PENDING_STATUS,
@@ -698,19 +705,22 @@ class HourDeliverer:
                 accepted = log.EVENT_VALIDATED
             elif outcome.status == STATUS_PENDING_STATUS:
                 accepted = log.EVENT_PENDING_STATUS
-            for i in range(len(batch)):
-                if i in outcome.rejected:
-                    report.rejected[outcome.rejected[i]] += 1
-                    results.append(one(i, log.EVENT_PERMANENT, outcome.rejected[i]))
-                elif i in outcome.retry:
-                    report.pending += 1
-                    results.append(one(i, log.EVENT_RETRYABLE, outcome.retry[i]))
-                else:
-                    if accepted == log.EVENT_PENDING_STATUS:
-                        report.awaiting_status += 1
-                    else:
-                        report.delivered += 1
-                    results.append(one(i, accepted))
+            rejected = {i: r for i, r in outcome.rejected.items() if i in everything}
+            for i, reason in rejected.items():
+                report.rejected[reason] += 1
+                add([i], log.EVENT_PERMANENT, reason)
+            retry = {
+                i: r for i, r in outcome.retry.items() if i in everything and i not in rejected
+            }
+            for i, reason in retry.items():
+                report.pending += 1
+                add([i], log.EVENT_RETRYABLE, reason)
+            taken = [i for i in everything if i not in rejected and i not in retry]
+            if accepted == log.EVENT_PENDING_STATUS:
+                report.awaiting_status += len(taken)
+            else:
+                report.delivered += len(taken)
+            add(taken, accepted)
             if outcome.retry and outcome.retry_after_seconds is not None:
                 report.retry_after_seconds = outcome.retry_after_seconds
             return results
@@ -721,7 +731,8 @@ class HourDeliverer:
         reason = outcome.reason or f"HTTP {outcome.http_status}"
         if outcome.status == STATUS_AUTH:
             reason = f"auth: {reason}"
-        return [one(i, log.EVENT_RETRYABLE, reason) for i in range(len(batch))]
+        add(everything, log.EVENT_RETRYABLE, reason)
+        return results
 
 
 @dataclass
