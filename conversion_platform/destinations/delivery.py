@@ -373,7 +373,7 @@ class HourDeliverer:
         config, destination = self.config, self.destination
         outcomes = log.OutcomeColumns()
         ids = frame["event_id"].astype(str).to_numpy(dtype=object)
-        names = frame["event_name"].to_numpy(dtype=object)
+        names = frame["event_name"].to_numpy(dtype=object, na_value=None)
         positions = np.flatnonzero(forwarded_event_names(frame, config).to_numpy())
         duplicated = pd.Series(ids[positions]).duplicated().to_numpy()
         if duplicated.any():
@@ -449,7 +449,7 @@ class HourDeliverer:
         problems[in_future & (problems == None)] = "event_time is in the future"  # noqa: E711
         invalid = problems != None  # noqa: E711
         ids = chunk["event_id"].astype(str).to_numpy(dtype=object)
-        names = chunk["event_name"].to_numpy(dtype=object)
+        names = chunk["event_name"].to_numpy(dtype=object, na_value=None)
         if invalid.any():
             rejected = log.OutcomeColumns()
             for problem in dict.fromkeys(problems[invalid].tolist()):
