@@ -138,7 +138,9 @@ def float_values(frame: pd.DataFrame, column: str) -> pa.Array:
 
 def unix_seconds(frame: pd.DataFrame, column: str = "event_time") -> np.ndarray:
     """Whole Unix seconds (int64) of a UTC timestamp column."""
-    times = pd.to_datetime(frame[column], utc=True)
+    times = frame[column]
+    if not isinstance(times.dtype, pd.DatetimeTZDtype):  # already instants: no parsing
+        times = pd.to_datetime(times, utc=True)
     nanos = times.to_numpy(dtype="datetime64[ns]").astype("int64")
     return nanos // 1_000_000_000
 
