@@ -280,3 +280,43 @@ def test_the_delivery_log_on_postgresql(
         assert emulator.accepted("google") == {f"pg-000{i}": 1 for i in range(4)}
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_large_dry_run_hour_is_logged_whole_and_a_rerun_counts_attempts(
+    database: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Thousands of outcomes at once (the bulk writes: a JSON document on SQLite, COPY on
+    PostgreSQL): one row per event with its batch, one row per request, both runs."""
+    if database == "postgresql":
+        engine = create_database_engine(request.getfixturevalue("pg_url"))
+    else:
+        engine = request.getfixturevalue("engine")
+    try:
+        config = destination_config("meta_capi", None, mode="dry_run")
+        records = many(2_400, "bulk") + many(300, "denied", consent_ad_user_data="denied")
+        frame = frame_of(records)
+        for _ in range(2):
+            report = deliver(engine, config, frame, tmp_path)
+            assert (report.sent, report.filtered, report.requests) == (2_400, 300, 3)
+        query = sa.select(delivery_events).where(delivery_events.c.destination == "meta_capi")
+        with engine.connect() as conn:
+            rows = {r["event_id"]: dict(r) for r in conn.execute(query).mappings()}
+        logged = batches(engine, "meta_capi")
+        assert [b["event_count"] for b in logged] == [1_000, 1_000, 400] * 2
+        assert {b["status"] for b in logged} == {"dry_run"}
+        last_run = {e: b["id"] for b in logged[3:] for e in b["event_ids"]}
+        assert len(rows) == 2_700 and len(last_run) == 2_400
+        for event_id, row in rows.items():
+            if event_id.startswith("denied"):
+                assert (row["status"], row["attempts"], row["batch_id"]) == ("filtered", 0, None)
+                assert row["reason"] == "no ad_user_data consent"
+            else:
+                assert (row["status"], row["attempts"]) == ("dry_run", 2)
+                assert row["batch_id"] == last_run[event_id]
+                assert row["event_name"] == "purchase" and row["match_quality"] is not None
+        outbox = (tmp_path / "meta_capi").glob("*.jsonl")
+        assert [len(p.read_bytes().splitlines()) for p in outbox] == [3]
+    finally:
+        if database == "postgresql":
+            engine.dispose()

@@ -9,7 +9,13 @@ recording every attempt and every event's outcome in the delivery log.
 An event's outcome is written in the same transaction as the attempt that settled it, so
 a run that dies half-way never forgets what the platform already took. While one batch's
 outcome is written, the next batch is already on its way (one request in flight ahead,
-never after an auth failure), so the platform's time and ours overlap.
+never after an auth failure), so the platform's time and ours overlap. In dry-run mode
+nothing is settled: the hour's request rows and outcomes are written together, in one
+transaction, once its bodies are built.
+
+Outcomes are kept column by column (`delivery_log.OutcomeColumns`), not as an object per
+event, and the rules that pick an hour's events narrow one array of row positions, so the
+hour's frame is copied once.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import requests
 from sqlalchemy.engine import Engine
 
@@ -127,11 +132,12 @@ def strip_identifiers(frame: pd.DataFrame, allowed: pd.Series) -> pd.DataFrame:
 
 
 class EventRun:
-    """The sendable events of (a chunk of) an hour: ids and JSON objects in one buffer.
+    """The sendable events of (a chunk of) an hour: ids, names, scores and JSON objects.
 
-    A batch of consecutive events is one slice of the buffer; any other set of events
-    (what is left after the platform named a bad one) is joined from their pieces. Events
-    carried over from the previous chunk (a batch's worth at most) come first, as pieces.
+    Event i's JSON object is a slice of the encoder's buffer (rows `keep` leaves out, the
+    events that can't be sent, are skipped); a request's body joins its events' slices
+    with commas, so each byte is copied once. Events carried over from the previous chunk
+    (a batch's worth at most) come first, as bytes.
     """
 
     def __init__(
@@ -140,41 +146,65 @@ class EventRun:
         json: pa.Array,
         groups: list[str] | None,
         carried: Carry | None = None,
+        *,
+        keep: np.ndarray | None = None,
+        names: list[str | None] | None = None,
+        quality: list[float | None] | None = None,
     ) -> None:
         carried = carried or Carry([], [], [] if groups is not None else None)
+        n = len(event_ids)
         self._carried = carried.pieces
         self.event_ids = carried.event_ids + event_ids
         self.groups = None if groups is None else (carried.groups or []) + groups
-        with_commas = pc.binary_join_element_wise(json, jc.lit(","), jc.lit(""))
-        offsets = jc.value_offsets(with_commas).astype(np.int64)
-        self._offsets = offsets - offsets[0]
-        self._data = memoryview(jc.contiguous_text(with_commas))
+        self.names: list[str | None] = carried.names + (
+            [None] * n if names is None else list(names)
+        )
+        self.quality: list[float | None] = carried.quality + (
+            [None] * n if quality is None else list(quality)
+        )
+        if isinstance(json, pa.ChunkedArray):
+            json = json.combine_chunks()
+        if json.type != jc.TEXT:
+            json = json.cast(jc.TEXT)
+        offsets = jc.value_offsets(json)
+        starts, ends = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
+        if keep is not None:
+            starts, ends = starts[keep], ends[keep]
+        self._starts: list[int] = starts.tolist()
+        self._ends: list[int] = ends.tolist()
+        self._data = memoryview(jc.contiguous_text(json))
 
     def __len__(self) -> int:
         return len(self.event_ids)
 
-    def piece(self, i: int) -> bytes:
-        """Event i's JSON object."""
+    def _view(self, i: int) -> bytes | memoryview:
         if i < len(self._carried):
             return self._carried[i]
         i -= len(self._carried)
-        return self._data[self._offsets[i] : self._offsets[i + 1] - 1].tobytes()
+        return self._data[self._starts[i] : self._ends[i]]
+
+    def piece(self, i: int) -> bytes:
+        """Event i's JSON object."""
+        return bytes(self._view(i))
 
     def batch(self, number: int, positions: Sequence[int]) -> EventBatch:
         carried = len(self._carried)
-        if isinstance(positions, range) and positions.step == 1 and len(positions):
-            start, stop = positions.start, positions.stop
-            head = [self._carried[i] for i in range(start, min(stop, carried))]
-            first, last = max(start, carried) - carried, stop - carried
-            if first < last:
-                head.append(self._data[self._offsets[first] : self._offsets[last] - 1].tobytes())
-            body = b",".join(head)
+        if isinstance(positions, range) and positions.step == 1 and positions.start >= carried:
+            data, starts, ends = self._data, self._starts, self._ends
+            body = b",".join(
+                [
+                    data[starts[i] : ends[i]]
+                    for i in range(positions.start - carried, positions.stop - carried)
+                ]
+            )
+            event_ids = self.event_ids[positions.start : positions.stop]
         else:
-            body = b",".join(self.piece(i) for i in positions)
+            body = b",".join([self._view(i) for i in positions])
+            event_ids = [self.event_ids[i] for i in positions]
         groups: tuple[str, ...] = ()
         if self.groups is not None:
             groups = tuple(dict.fromkeys(self.groups[i] for i in positions))
-        return EventBatch(number, [self.event_ids[i] for i in positions], body, groups)
+        return EventBatch(number, event_ids, body, groups)
 
     def carry(self, positions: range) -> Carry:
         """The events at `positions`, to open the next chunk's first batch."""
@@ -182,6 +212,8 @@ class EventRun:
             [self.event_ids[i] for i in positions],
             [self.piece(i) for i in positions],
             None if self.groups is None else [self.groups[i] for i in positions],
+            [self.names[i] for i in positions],
+            [self.quality[i] for i in positions],
         )
 
 
@@ -192,6 +224,8 @@ class Carry:
     event_ids: list[str]
     pieces: list[bytes]
     groups: list[str] | None
+    names: list[str | None] = field(default_factory=list)
+    quality: list[float | None] = field(default_factory=list)
 
 
 def plan_batches(
@@ -253,9 +287,6 @@ class HourDeliverer:
         report = HourDelivery(config.name, hour, mode)
         now = pd.Timestamp(self.clock())
         frame, outcomes = self._eligible(frame, report, now)
-        with self.engine.begin() as conn:
-            log.record_event_outcomes(conn, config.name, hour, outcomes)
-
         outbox = (
             OutboxWriter(self.outbox_dir, config.name, partition_key)
             if mode == MODE_DRY_RUN
@@ -263,13 +294,23 @@ class HourDeliverer:
         )
         size = destination.batch_size(config)
         context = _BatchContext(hour, mode, credentials, report)
+        if outbox is None:
+            with self.engine.begin() as conn:
+                log.record_outcome_columns(conn, config.name, hour, outcomes)
+        else:
+            # Dry run: the hour's outcomes are written with its batches, in one transaction.
+            context.unsent = outcomes
         carry: Carry | None = None
         number = 0
         # An hour is encoded a chunk at a time: memory stays bounded and is reused, and a
         # chunk's last partial batch is carried into the next so requests stay full.
         chunk_rows = max(self.chunk_rows, size)
         for start in range(0, max(len(frame), 1), chunk_rows):
-            chunk = frame.iloc[start : start + chunk_rows].reset_index(drop=True)
+            if start == 0 and len(frame) <= chunk_rows:
+                chunk = frame
+            else:
+                chunk = frame.iloc[start : start + chunk_rows]
+                chunk.index = pd.RangeIndex(len(chunk))
             last_chunk = start + chunk_rows >= len(frame)
             run = self._encode_chunk(chunk, now, carry, context)
             ranges = plan_batches(len(run), size, run.groups, destination.max_groups_per_request)
@@ -278,12 +319,13 @@ class HourDeliverer:
                 carry = run.carry(ranges.pop())
             if outbox is not None:
                 for positions in ranges:
-                    self._write_batch(outbox, context, run.batch(number, positions))
+                    self._write_batch(outbox, context, run, positions, number)
                     number += 1
                 continue
             self._send_all(context, run, number, ranges)
             number += len(ranges)
         if outbox is not None:
+            self._record_dry_run(outbox, context)
             report.outbox_file = str(outbox.close())
         return report
 
@@ -307,7 +349,7 @@ class HourDeliverer:
                 if ctx.report.auth_failed or self.hold_reason:
                     if prepared is not None and prepared.future is not None:
                         prepared.future.result()  # already on its way: let it land
-                    self._not_sent(ctx, [run.event_ids[i] for i in ranges[index]])
+                    self._not_sent(ctx, run, ranges[index])
                     prepared = None
                     continue
                 current = prepared or prepare(index, start=False)
@@ -323,52 +365,76 @@ class HourDeliverer:
 
     def _eligible(
         self, frame: pd.DataFrame, report: HourDelivery, now: pd.Timestamp
-    ) -> tuple[pd.DataFrame, list[log.EventOutcome]]:
-        """The events to encode, and the outcomes of those that won't be (filtered, expired)."""
+    ) -> tuple[pd.DataFrame, log.OutcomeColumns]:
+        """The events to encode, and the outcomes of those that won't be (filtered, expired).
+
+        Each rule narrows an array of row positions; the frame is copied once, at the end
+        (and not at all when every row goes, in order)."""
         config, destination = self.config, self.destination
-        outcomes: list[log.EventOutcome] = []
-        frame = frame.loc[forwarded_event_names(frame, config).to_numpy()]
-        duplicated = frame["event_id"].duplicated().to_numpy()
+        outcomes = log.OutcomeColumns()
+        ids = frame["event_id"].astype(str).to_numpy(dtype=object)
+        names = frame["event_name"].to_numpy(dtype=object, na_value=None)
+        positions = np.flatnonzero(forwarded_event_names(frame, config).to_numpy())
+        duplicated = pd.Series(ids[positions]).duplicated().to_numpy()
         if duplicated.any():
             # One log row per event id and destination: a second event under the same id
             # would overwrite the first one's outcome (and the platforms dedupe on it).
             report.duplicates = int(duplicated.sum())
-            frame = frame.loc[~duplicated]
-        frame = frame.reset_index(drop=True)
-        report.eligible = len(frame)
+            positions = positions[~duplicated]
+        report.eligible = len(positions)
 
         # Settled events first: an event delivered before is never re-examined, so a
         # changed consent or age can't turn its record into something else.
         with self.engine.connect() as conn:
-            settled = log.settled_event_ids(
-                conn, config.name, frame["event_id"].astype(str).tolist()
-            )
+            settled = log.settled_event_ids(conn, config.name, ids[positions].tolist())
         if settled:
-            is_settled = frame["event_id"].isin(settled).to_numpy()
+            is_settled = pd.Series(ids[positions]).isin(settled).to_numpy()
             report.already_settled = int(is_settled.sum())
-            frame = frame.loc[~is_settled].reset_index(drop=True)
+            positions = positions[~is_settled]
 
-        allowed = identifiers_allowed(frame, self.consent_required).to_numpy()
+        allowed = identifiers_allowed(frame, self.consent_required).to_numpy()[positions]
         if not (destination.accepts_consent_denied_events and config.send_without_consent):
-            outcomes += _outcomes(frame, ~allowed, log.EVENT_FILTERED, "no ad_user_data consent")
-            report.filtered = int((~allowed).sum())
-            frame = frame.loc[allowed].reset_index(drop=True)
-        else:
-            frame = strip_identifiers(frame, pd.Series(allowed))
+            denied = positions[~allowed]
+            outcomes.add(
+                ids[denied].tolist(),
+                names[denied].tolist(),
+                log.EVENT_FILTERED,
+                "no ad_user_data consent",
+            )
+            report.filtered = len(denied)
+            positions, allowed = positions[allowed], allowed[allowed]
 
         age = now - frame["event_time"]
-        too_old = (age > pd.Timedelta(destination.max_event_age - EXPIRY_MARGIN)).to_numpy()
-        outcomes += _outcomes(
-            frame, too_old, log.EVENT_EXPIRED, f"older than {destination.max_event_age}"
+        limit = pd.Timedelta(destination.max_event_age - EXPIRY_MARGIN)
+        too_old = (age > limit).to_numpy()[positions]
+        expired = positions[too_old]
+        outcomes.add(
+            ids[expired].tolist(),
+            names[expired].tolist(),
+            log.EVENT_EXPIRED,
+            f"older than {destination.max_event_age}",
         )
-        report.expired = int(too_old.sum())
-        frame = frame.loc[~too_old].reset_index(drop=True)
+        report.expired = len(expired)
+        positions, allowed = positions[~too_old], allowed[~too_old]
         max_groups = destination.max_groups_per_request
-        if max_groups is not None and frame["event_name"].nunique() > max_groups:
-            # Events of one name (so of one group) side by side: each request then names
-            # as few groups as it can.
-            frame = frame.sort_values("event_name", kind="stable").reset_index(drop=True)
-        return frame, outcomes
+        if max_groups is not None:
+            event_names = pd.Series(names[positions])
+            if event_names.nunique() > max_groups:
+                # Events of one name (so of one group) side by side: each request then
+                # names as few groups as it can.
+                order = event_names.sort_values(kind="stable").index.to_numpy()
+                positions, allowed = positions[order], allowed[order]
+        unchanged = (
+            len(positions) == len(frame)
+            and isinstance(frame.index, pd.RangeIndex)
+            and frame.index.start == 0
+            and frame.index.step == 1
+            and bool((positions == np.arange(len(frame))).all())
+        )
+        if not unchanged:
+            frame = frame.take(positions)
+            frame.index = pd.RangeIndex(len(frame))
+        return strip_identifiers(frame, pd.Series(allowed)), outcomes
 
     def _encode_chunk(
         self, chunk: pd.DataFrame, now: pd.Timestamp, carry: Carry | None, ctx: _BatchContext
@@ -382,99 +448,116 @@ class HourDeliverer:
         ).to_numpy()
         problems[in_future & (problems == None)] = "event_time is in the future"  # noqa: E711
         invalid = problems != None  # noqa: E711
-        rejected: list[log.EventOutcome] = []
-        for row in np.flatnonzero(invalid):
-            reason = f"invalid for {destination.platform}: {problems[row]}"
-            report.rejected[reason] += 1
-            rejected.append(
-                log.EventOutcome(
-                    str(chunk.at[row, "event_id"]),
-                    chunk.at[row, "event_name"],
-                    log.EVENT_PERMANENT,
-                    reason,
-                )
-            )
-        if rejected:
-            with self.engine.begin() as conn:
-                log.record_event_outcomes(conn, self.config.name, ctx.hour, rejected)
+        ids = chunk["event_id"].astype(str).to_numpy(dtype=object)
+        names = chunk["event_name"].to_numpy(dtype=object, na_value=None)
+        if invalid.any():
+            rejected = log.OutcomeColumns()
+            for problem in dict.fromkeys(problems[invalid].tolist()):
+                reason = f"invalid for {destination.platform}: {problem}"
+                rows = problems == problem
+                rejected.add(ids[rows].tolist(), names[rows].tolist(), log.EVENT_PERMANENT, reason)
+                report.rejected[reason] += int(rows.sum())
+            if ctx.unsent is not None:
+                ctx.unsent.extend(rejected)
+            else:
+                with self.engine.begin() as conn:
+                    log.record_outcome_columns(conn, self.config.name, ctx.hour, rejected)
         keep = ~invalid
-        ids = chunk["event_id"].astype(str).to_numpy()[keep].tolist()
+        kept_ids = ids[keep].tolist()
         groups = (
             None
             if encoded.groups is None
             else [str(g) for g, k in zip(encoded.groups, keep, strict=True) if k]
         )
-        run = EventRun(ids, encoded.json.filter(pa.array(keep)), groups, carry)
-        names = chunk["event_name"].to_numpy(dtype=object)[keep]
-        ctx.names.update(zip(ids, names, strict=True))
+        quality: list[float | None] | None = None
         # This platform's own score where identity resolution computed one.
         score_column = match_quality_column(destination.platform)
         if score_column not in chunk.columns:
             score_column = "match_quality"
         if score_column in chunk.columns:
-            quality = chunk[score_column].to_numpy(dtype="float64", na_value=np.nan)[keep]
-            ctx.quality.update((k, float(v)) for k, v in zip(ids, quality, strict=True) if v == v)
-            report.match_quality_sum += float(np.nansum(quality))
-        report.sent += len(ids)
+            scores = chunk[score_column].to_numpy(dtype="float64", na_value=np.nan)[keep]
+            quality = np.where(np.isnan(scores), None, scores).tolist()
+            report.match_quality_sum += float(np.nansum(scores))
+        run = EventRun(
+            kept_ids,
+            encoded.json,
+            groups,
+            carry,
+            keep=None if not invalid.any() else keep,
+            names=names[keep].tolist(),
+            quality=quality,
+        )
+        report.sent += len(kept_ids)
         return run
 
-    def _write_batch(self, outbox: OutboxWriter, ctx: _BatchContext, batch: EventBatch) -> None:
-        """Dry run: the batch's body to the outbox, its row and its events to the log."""
-        config = self.config
-        outbox.write(self.destination.build_request(batch, config, None, MODE_DRY_RUN).body)
+    def _write_batch(
+        self, outbox: OutboxWriter, ctx: _BatchContext, run: EventRun, positions: range, number: int
+    ) -> None:
+        """Dry run: the batch's body to the outbox; its row and its events' outcomes are
+        recorded at the hour's end (`_record_dry_run`)."""
+        batch = run.batch(number, positions)
+        outbox.write(self.destination.build_request(batch, self.config, None, MODE_DRY_RUN).body)
         ctx.report.requests += 1
-        with self.engine.begin() as conn:
-            batch_id = log.record_batch(
-                conn,
-                destination=config.name,
-                hour=ctx.hour,
-                run_id=self.run_id,
-                batch_number=batch.number,
-                attempt=1,
-                mode=MODE_DRY_RUN,
-                status=log.EVENT_DRY_RUN,
-                http_status=None,
-                event_ids=batch.event_ids,
-                response=f"written to {outbox.path}",
-                retry_after_s=None,
-                platform_request_id=None,
-                started_at_us=now_micros(),
+        ctx.written.append(
+            _Written(
+                number,
+                batch.event_ids,
+                run.names[positions.start : positions.stop],
+                run.quality[positions.start : positions.stop],
+                now_micros(),
             )
-            log.record_event_outcomes(
-                conn,
-                config.name,
-                ctx.hour,
-                [
-                    log.EventOutcome(
-                        eid,
-                        ctx.names.pop(eid, None),
-                        log.EVENT_DRY_RUN,
-                        None,
-                        batch_id,
-                        ctx.quality.pop(eid, None),
-                    )
-                    for eid in batch.event_ids
-                ],
-            )
+        )
 
-    def _not_sent(self, ctx: _BatchContext, event_ids: list[str]) -> None:
-        """After an auth failure: the remaining batches wait for the credentials to change."""
+    def _record_dry_run(self, outbox: OutboxWriter, ctx: _BatchContext) -> None:
+        """Dry run: every batch's row and every event's outcome, in one transaction."""
+        config = self.config
+        outcomes = ctx.unsent or log.OutcomeColumns()
         with self.engine.begin() as conn:
-            log.record_event_outcomes(
+            batch_ids = log.record_batches(
                 conn,
-                self.config.name,
-                ctx.hour,
                 [
-                    log.EventOutcome(
-                        eid,
-                        ctx.names.pop(eid, None),
-                        log.EVENT_RETRYABLE,
-                        self.hold_reason or "not sent: destination auth failed",
+                    log.BatchRow(
+                        destination=config.name,
+                        hour=ctx.hour,
+                        run_id=self.run_id,
+                        batch_number=written.number,
+                        attempt=1,
+                        mode=MODE_DRY_RUN,
+                        status=log.EVENT_DRY_RUN,
+                        http_status=None,
+                        event_ids=written.event_ids,
+                        response=f"written to {outbox.path}",
+                        retry_after_s=None,
+                        platform_request_id=None,
+                        started_at_us=written.at_us,
+                        finished_at_us=written.at_us,
                     )
-                    for eid in event_ids
+                    for written in ctx.written
                 ],
             )
-        ctx.report.pending += len(event_ids)
+            for written, batch_id in zip(ctx.written, batch_ids, strict=True):
+                outcomes.add(
+                    written.event_ids,
+                    written.names,
+                    log.EVENT_DRY_RUN,
+                    None,
+                    batch_id,
+                    written.quality,
+                )
+            log.record_outcome_columns(conn, config.name, ctx.hour, outcomes)
+
+    def _not_sent(self, ctx: _BatchContext, run: EventRun, positions: Sequence[int]) -> None:
+        """After an auth failure: the remaining batches wait for the credentials to change."""
+        outcomes = log.OutcomeColumns()
+        outcomes.add(
+            [run.event_ids[i] for i in positions],
+            [run.names[i] for i in positions],
+            log.EVENT_RETRYABLE,
+            self.hold_reason or "not sent: destination auth failed",
+        )
+        with self.engine.begin() as conn:
+            log.record_outcome_columns(conn, self.config.name, ctx.hour, outcomes)
+        ctx.report.pending += len(positions)
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -535,8 +618,8 @@ class HourDeliverer:
                     started_at_us=started,
                 )
                 if final:
-                    outcomes = self._outcomes(ctx, batch, outcome, batch_id, split)
-                    log.record_event_outcomes(conn, config.name, ctx.hour, outcomes)
+                    outcomes = self._outcomes(ctx, run, prepared, outcome, batch_id, split)
+                    log.record_outcome_columns(conn, config.name, ctx.hour, outcomes)
             if final:
                 break
             self.sleep(wait)
@@ -577,32 +660,40 @@ class HourDeliverer:
     def _outcomes(
         self,
         ctx: _BatchContext,
-        batch: EventBatch,
+        run: EventRun,
+        prepared: _Prepared,
         outcome: BatchOutcome,
         batch_id: int,
         split: bool,
-    ) -> list[log.EventOutcome]:
+    ) -> log.OutcomeColumns:
         """Each event's outcome after the batch's last attempt (nothing for a split batch,
         except the events the platform named)."""
-        report = ctx.report
+        report, batch, positions = ctx.report, prepared.batch, prepared.positions
+        results = log.OutcomeColumns()
 
-        def one(i: int, status: str, reason: str | None = None) -> log.EventOutcome:
-            eid = batch.event_ids[i]
-            return log.EventOutcome(
-                eid, ctx.names.pop(eid, None), status, reason, batch_id, ctx.quality.pop(eid, None)
+        def add(indices: Sequence[int], status: str, reason: str | None = None) -> None:
+            at = [positions[i] for i in indices]
+            results.add(
+                [run.event_ids[p] for p in at],
+                [run.names[p] for p in at],
+                status,
+                reason,
+                batch_id,
+                [run.quality[p] for p in at],
             )
 
-        results: list[log.EventOutcome] = []
+        everything = range(len(batch))
         if outcome.status == STATUS_PERMANENT:
             for i, reason in outcome.rejected.items():
                 report.rejected[reason] += 1
-                results.append(one(i, log.EVENT_PERMANENT, reason))
+                add([i], log.EVENT_PERMANENT, reason)
             if split:
                 return results
             reason = outcome.reason or f"HTTP {outcome.http_status}"
-            rest = [i for i in range(len(batch)) if i not in outcome.rejected]
+            rest = [i for i in everything if i not in outcome.rejected]
             report.rejected[reason] += len(rest)
-            return results + [one(i, log.EVENT_PERMANENT, reason) for i in rest]
+            add(rest, log.EVENT_PERMANENT, reason)
+            return results
         if outcome.status in (
             STATUS_DELIVERED,
             STATUS_PENDING_STATUS,
@@ -614,19 +705,22 @@ class HourDeliverer:
                 accepted = log.EVENT_VALIDATED
             elif outcome.status == STATUS_PENDING_STATUS:
                 accepted = log.EVENT_PENDING_STATUS
-            for i in range(len(batch)):
-                if i in outcome.rejected:
-                    report.rejected[outcome.rejected[i]] += 1
-                    results.append(one(i, log.EVENT_PERMANENT, outcome.rejected[i]))
-                elif i in outcome.retry:
-                    report.pending += 1
-                    results.append(one(i, log.EVENT_RETRYABLE, outcome.retry[i]))
-                else:
-                    if accepted == log.EVENT_PENDING_STATUS:
-                        report.awaiting_status += 1
-                    else:
-                        report.delivered += 1
-                    results.append(one(i, accepted))
+            rejected = {i: r for i, r in outcome.rejected.items() if i in everything}
+            for i, reason in rejected.items():
+                report.rejected[reason] += 1
+                add([i], log.EVENT_PERMANENT, reason)
+            retry = {
+                i: r for i, r in outcome.retry.items() if i in everything and i not in rejected
+            }
+            for i, reason in retry.items():
+                report.pending += 1
+                add([i], log.EVENT_RETRYABLE, reason)
+            taken = [i for i in everything if i not in rejected and i not in retry]
+            if accepted == log.EVENT_PENDING_STATUS:
+                report.awaiting_status += len(taken)
+            else:
+                report.delivered += len(taken)
+            add(taken, accepted)
             if outcome.retry and outcome.retry_after_seconds is not None:
                 report.retry_after_seconds = outcome.retry_after_seconds
             return results
@@ -637,7 +731,8 @@ class HourDeliverer:
         reason = outcome.reason or f"HTTP {outcome.http_status}"
         if outcome.status == STATUS_AUTH:
             reason = f"auth: {reason}"
-        return [one(i, log.EVENT_RETRYABLE, reason) for i in range(len(batch))]
+        add(everything, log.EVENT_RETRYABLE, reason)
+        return results
 
 
 @dataclass
@@ -660,20 +755,20 @@ class _BatchContext:
     mode: str
     credentials: dict[str, str] | None
     report: HourDelivery
-    #: event name and match quality of each event encoded and not yet settled
-    names: dict[str, str] = field(default_factory=dict)
-    quality: dict[str, float] = field(default_factory=dict)
+    #: dry run: the outcomes of the events not sent (filtered, expired, invalid) and the
+    #: batches written to the outbox, recorded together at the hour's end
+    unsent: log.OutcomeColumns | None = None
+    written: list[_Written] = field(default_factory=list)
     #: requests sent per batch number (the split parts of a batch count on)
     attempts: dict[int, int] = field(default_factory=dict)
 
 
-def _outcomes(
-    frame: pd.DataFrame, mask: np.ndarray, status: str, reason: str
-) -> list[log.EventOutcome]:
-    if not mask.any():
-        return []
-    part = frame.loc[mask, ["event_id", "event_name"]]
-    return [
-        log.EventOutcome(str(eid), name, status, reason)
-        for eid, name in zip(part["event_id"], part["event_name"], strict=True)
-    ]
+@dataclass
+class _Written:
+    """Dry run: a batch written to the outbox (its events; the body is not kept)."""
+
+    number: int
+    event_ids: list[str]
+    names: list[str | None]
+    quality: list[float | None]
+    at_us: int

@@ -138,7 +138,9 @@ def float_values(frame: pd.DataFrame, column: str) -> pa.Array:
 
 def unix_seconds(frame: pd.DataFrame, column: str = "event_time") -> np.ndarray:
     """Whole Unix seconds (int64) of a UTC timestamp column."""
-    times = pd.to_datetime(frame[column], utc=True)
+    times = frame[column]
+    if not isinstance(times.dtype, pd.DatetimeTZDtype):  # already instants: no parsing
+        times = pd.to_datetime(times, utc=True)
     nanos = times.to_numpy(dtype="datetime64[ns]").astype("int64")
     return nanos // 1_000_000_000
 
@@ -265,49 +267,100 @@ class JsonObject:
         self._member(key, "{", child, "}", None if always else child.present.copy())
         return self
 
-    def pieces(self) -> list[pa.Array | pa.Scalar]:
+    def pieces(self) -> list[pa.Array | Choice]:
         """The object's members as pieces to join (without the braces)."""
         n = len(self._members)
         # Per event, the first member present: it alone goes without a leading comma.
         first = np.full(self.n, n, dtype=np.int32)
         always_before = False
-        out: list[pa.Array | pa.Scalar] = []
+        out: list[pa.Array | Choice] = []
         for index, member in enumerate(self._members):
             bare = f'"{member.key}":{member.opening}'
             if member.valid is None:
                 if index == 0 or always_before:
-                    out.append(lit(bare if index == 0 else "," + bare))
+                    out.append(Choice(None, (bare if index == 0 else "," + bare,)))
                 else:
                     codes = np.where(first > index, 0, 1).astype(np.int8)
-                    out.append(_choose(codes, (bare, "," + bare)))
+                    out.append(Choice(codes, (bare, "," + bare)))
                 first = np.minimum(first, index)
                 always_before = True
             else:
                 if always_before:
                     codes = np.where(member.valid, 1, 0).astype(np.int8)
-                    out.append(_choose(codes, ("", "," + bare)))
+                    out.append(Choice(codes, ("", "," + bare)))
                 else:
                     codes = np.where(member.valid, np.where(first > index, 1, 2), 0)
-                    out.append(_choose(codes.astype(np.int8), ("", bare, "," + bare)))
+                    out.append(Choice(codes.astype(np.int8), ("", bare, "," + bare)))
                     first = np.where(member.valid & (first > index), index, first)
             if isinstance(member.value, JsonObject):
                 out.extend(member.value.pieces())
             elif member.value is not None:
-                out.append(member.value.fill_null(EMPTY))
+                out.append(member.value)  # a null joins as nothing (`join_pieces`)
             if member.closing:
                 if member.valid is None:
-                    out.append(lit(member.closing))
+                    out.append(Choice(None, (member.closing,)))
                 else:
-                    out.append(_choose(member.valid.astype(np.int8), ("", member.closing)))
+                    out.append(Choice(member.valid.astype(np.int8), ("", member.closing)))
         return out
 
     def build(self) -> pa.Array:
         """`{...}` for every event (`{}` where no member is present)."""
-        return join_pieces([lit("{"), *self.pieces(), lit("}")], self.n)
+        pieces = [Choice(None, ("{",)), *self.pieces(), Choice(None, ("}",))]
+        return join_pieces(merge_choices(pieces), self.n)
 
     def build_or_null(self) -> pa.Array:
         """`{...}`, or null for events without any member."""
         return mask_where(self.build(), self.present)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A constant piece of JSON text per event: `texts[codes[i]]` (`texts[0]` for every
+    event when `codes` is None)."""
+
+    codes: np.ndarray | None
+    texts: tuple[str, ...]
+
+    def then(self, other: Choice) -> Choice:
+        """This piece followed by `other`, as one piece."""
+        if self.codes is None:
+            return Choice(other.codes, tuple(self.texts[0] + t for t in other.texts))
+        if other.codes is None:
+            return Choice(self.codes, tuple(t + other.texts[0] for t in self.texts))
+        codes = self.codes.astype(np.int16) * len(other.texts) + other.codes
+        return Choice(codes, tuple(a + b for a in self.texts for b in other.texts))
+
+    def piece(self) -> pa.Array | pa.Scalar:
+        if self.codes is None:
+            return lit(self.texts[0])
+        return _choose(self.codes, self.texts)
+
+
+#: Most texts a merged `Choice` may have (merging multiplies their numbers).
+_MAX_CHOICES = 64
+
+
+def merge_choices(pieces: list[pa.Array | Choice]) -> list[pa.Array | pa.Scalar]:
+    """Adjacent constant pieces merged into one (a member's closing quote and the next
+    member's key become one piece): fewer arguments to the join, fewer arrays to build."""
+    out: list[pa.Array | pa.Scalar] = []
+    pending: Choice | None = None
+    for piece in pieces:
+        if not isinstance(piece, Choice):
+            if pending is not None:
+                out.append(pending.piece())
+                pending = None
+            out.append(piece)
+        elif pending is None:
+            pending = piece
+        elif len(pending.texts) * len(piece.texts) <= _MAX_CHOICES:
+            pending = pending.then(piece)
+        else:
+            out.append(pending.piece())
+            pending = piece
+    if pending is not None:
+        out.append(pending.piece())
+    return out
 
 
 def _choose(codes: np.ndarray, texts: tuple[str, ...]) -> pa.Array:
@@ -316,10 +369,12 @@ def _choose(codes: np.ndarray, texts: tuple[str, ...]) -> pa.Array:
 
 
 def join_pieces(pieces: list[pa.Array | pa.Scalar], n: int) -> pa.Array:
-    """The pieces (columns of n values, or constants) joined per event, in one call."""
+    """The pieces (columns of n values, or constants) joined per event, in one call; a
+    null piece joins as nothing (Arrow's `replace` null handling, which, unlike `skip`,
+    keeps rows whose pieces are all null)."""
     if not any(isinstance(p, pa.Array) for p in pieces):
         return pa.repeat(lit("".join(p.as_py() for p in pieces)), n)
-    return pc.binary_join_element_wise(*pieces, EMPTY)
+    return pc.binary_join_element_wise(*pieces, EMPTY, null_handling="replace", null_replacement="")
 
 
 def list_of_present(values: list[pa.Array]) -> pa.Array:
@@ -331,7 +386,7 @@ def list_of_present(values: list[pa.Array]) -> pa.Array:
         valid = is_present(value)
         codes = np.where(valid, np.where(first > index, 1, 2), 0).astype(np.int8)
         pieces.append(_choose(codes, ("", "", ",")))
-        pieces.append(value.fill_null(EMPTY))
+        pieces.append(value)
         first = np.where(valid & (first > index), index, first)
         element.present |= valid
     pieces.append(lit("]"))

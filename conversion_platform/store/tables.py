@@ -186,6 +186,10 @@ delivery_events = sa.Table(
     sa.Column("match_quality", sa.Float),
     sa.Column("updated_at_us", sa.BigInteger, nullable=False),
     sa.Index("ix_delivery_events_dest_hour", "destination", "hour_us"),
+    # On SQLite the primary key is the table: an hour writes a row per event and
+    # destination, and one B-tree fewer costs a third less (databases made before keep
+    # their rowid table, which works the same).
+    sqlite_with_rowid=False,
 )
 
 
