@@ -2,7 +2,7 @@
 
 | route | what |
 |---|---|
-| `POST /v1/events` | a backend's batch: `{"events": [...]}`, at most 1,000 events and 1 MB, `Authorization: Bearer <write key>` |
+| `POST /v1/events` | a backend's batch: `{"events": [...]}`, at most 1,000 events and 1 MB (decompressed, when sent with `Content-Encoding: gzip`), `Authorization: Bearer <write key>` |
 | `POST /v1/pixel` | one browser event as JSON (sendBeacon or fetch); sets `_mpid` |
 | `GET /v1/pixel.gif` | one browser event from the query string; answers a 1x1 GIF; sets `_mpid` |
 | `GET /pixel.js` | the pixel script |
@@ -65,6 +65,7 @@ from conversion_platform.collector.group_commit import (
 )
 from conversion_platform.collector.http import (
     ApiError,
+    decode_body,
     error_response,
     http_error,
     json_response,
@@ -224,7 +225,9 @@ class Collector:
         try:
             source = self.source_of(request, required=True)
             assert source is not None
-            body = await read_body(request, self.config.max_body_bytes)
+            limit = self.config.max_body_bytes
+            body = await read_body(request, limit)
+            body = decode_body(body, request.headers.get("content-encoding"), limit)
             now = datetime.now(UTC)
             origin = f"collector:/v1/events:{source.name}:{request_id}"
             try:
