@@ -402,6 +402,7 @@ def measure(
     return summary
 
 
+SCENARIOS = ("batched", "pixel", "pixel_paced")
 #: Worker processes measured per database: SQLite has one writer (a second process only
 #: queues on its lock), PostgreSQL takes concurrent writers.
 DEFAULT_WORKERS = {"sqlite": (1,), "postgresql": (1, 2)}
@@ -418,14 +419,15 @@ def run(
     pg_url: str | None = None,
     output: Path | None = None,
     quick: bool = False,
+    scenarios: Sequence[str] = SCENARIOS,
 ) -> dict[str, Any]:
     """Measure every (database, workers, scenario); return the results (and write them to
     `output` when given). `quick`: two seconds a run, one worker (does it all run?)."""
     if quick:
         seconds, workers = 2.0, (1,)
     pg_url = pg_url or os.environ.get(PG_URL_VARIABLE)
-    batched = batched_requests(100 if quick else 400)
-    pixel = pixel_requests(5_000 if quick else 40_000)
+    batched = batched_requests(100 if quick else 400) if "batched" in scenarios else []
+    pixel = pixel_requests(5_000 if quick else 40_000) if set(scenarios) - {"batched"} else []
     runs: list[dict[str, Any]] = []
     skipped: list[str] = []
     for database in databases:
@@ -438,6 +440,8 @@ def run(
                 ("pixel", pixel, pixel_connections, None),
                 ("pixel_paced", pixel, 64, pixel_rate),
             ):
+                if scenario not in scenarios:
+                    continue
                 name = None
                 db_url = ""
                 if database == "postgresql":
@@ -531,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pg-url", default=None)
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     parser.add_argument("--quick", action="store_true", help="two seconds a run")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="e.g. batched,pixel_paced (default: all)"
+    )
     args = parser.parse_args(argv)
     run(
         [d.strip() for d in args.databases.split(",") if d.strip()],
@@ -542,6 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pg_url=args.pg_url,
         output=args.output,
         quick=args.quick,
+        scenarios=[s.strip() for s in args.scenarios.split(",") if s.strip()],
     )
     print(f"results: {args.output}")
     return 0

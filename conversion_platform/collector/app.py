@@ -21,6 +21,7 @@ day honestly through this API; live senders can't move their events in time.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -523,13 +524,23 @@ class CollectorApp:
         await response(scope, receive, send)
 
 
-def create_app(config: CollectorConfig, engine: Engine) -> CollectorApp:
-    """The collector over `engine` (whose schema exists) with `config`."""
+def create_app(config: CollectorConfig, engine: Engine, *, freeze_gc: bool = False) -> CollectorApp:
+    """The collector over `engine` (whose schema exists) with `config`.
+
+    `freeze_gc` (for a process that serves only the collector): once started, everything
+    allocated so far (modules, phone metadata, the app) is moved out of the garbage
+    collector's sight (`gc.freeze`). A full collection otherwise walks it all, about 40 ms
+    during which no request is answered: the largest part of the pixel's p99 at a steady
+    rate. Objects made while serving are collected as usual.
+    """
     collector = Collector(config, engine)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await collector.committer.start()
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -557,4 +568,4 @@ def app_from_env() -> CollectorApp:
     environment (`CONVERSION_PLATFORM_DB_URL`, `CONVERSION_PLATFORM_COLLECTOR_*`)."""
     config = load_collector_config()
     engine = collector_engine(Settings.from_env().db_url, config)
-    return create_app(config, engine)
+    return create_app(config, engine, freeze_gc=True)
