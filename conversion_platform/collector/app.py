@@ -2,7 +2,7 @@
 
 | route | what |
 |---|---|
-| `POST /v1/events` | a backend's batch: `{"events": [...]}`, at most 1,000 events and 1 MB, `Authorization: Bearer <write key>` |
+| `POST /v1/events` | a backend's batch: `{"events": [...]}`, at most 1,000 events and 1 MB (decompressed, when sent with `Content-Encoding: gzip`), `Authorization: Bearer <write key>` |
 | `POST /v1/pixel` | one browser event as JSON (sendBeacon or fetch); sets `_mpid` |
 | `GET /v1/pixel.gif` | one browser event from the query string; answers a 1x1 GIF; sets `_mpid` |
 | `GET /pixel.js` | the pixel script |
@@ -21,8 +21,10 @@ day honestly through this API; live senders can't move their events in time.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -65,6 +67,7 @@ from conversion_platform.collector.group_commit import (
 )
 from conversion_platform.collector.http import (
     ApiError,
+    decode_body,
     error_response,
     http_error,
     json_response,
@@ -224,7 +227,9 @@ class Collector:
         try:
             source = self.source_of(request, required=True)
             assert source is not None
-            body = await read_body(request, self.config.max_body_bytes)
+            limit = self.config.max_body_bytes
+            body = await read_body(request, limit)
+            body = decode_body(body, request.headers.get("content-encoding"), limit)
             now = datetime.now(UTC)
             origin = f"collector:/v1/events:{source.name}:{request_id}"
             try:
@@ -520,13 +525,42 @@ class CollectorApp:
         await response(scope, receive, send)
 
 
-def create_app(config: CollectorConfig, engine: Engine) -> CollectorApp:
-    """The collector over `engine` (whose schema exists) with `config`."""
+#: How long a thread may hold the interpreter's lock while another waits (Python's
+#: default is 5 ms).
+SWITCH_INTERVAL_SECONDS = 0.0005
+
+
+def tune_interpreter() -> None:
+    """Settings for a process that serves the collector, made once it has started.
+
+    * The startup heap (modules, phone metadata, the app) is moved out of the garbage
+      collector's sight (`gc.freeze`): a full collection otherwise walks it all, about 70 ms
+      during which nothing is answered, the largest part of the pixel's p99 at a steady
+      rate. Objects made while serving are collected as usual.
+    * The switch interval is cut to 0.5 ms: the writer thread needs the interpreter's lock
+      a few times per commit (to bind the rows, between statements, to hand back the
+      result) and, while the event loop is busy, waited up to 5 ms each time: a busy
+      loop's commits took 16 ms instead of 5 (p99 of a hit's wait for its commit 230 ms
+      against 70 in the same conditions).
+    """
+    gc.collect()
+    gc.freeze()
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+
+
+def create_app(
+    config: CollectorConfig, engine: Engine, *, own_process: bool = False
+) -> CollectorApp:
+    """The collector over `engine` (whose schema exists) with `config`. `own_process`: the
+    app has its process to itself (a served worker), so it may tune the interpreter
+    (`tune_interpreter`) once started."""
     collector = Collector(config, engine)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await collector.committer.start()
+        if own_process:
+            tune_interpreter()
         try:
             yield
         finally:
@@ -554,4 +588,4 @@ def app_from_env() -> CollectorApp:
     environment (`CONVERSION_PLATFORM_DB_URL`, `CONVERSION_PLATFORM_COLLECTOR_*`)."""
     config = load_collector_config()
     engine = collector_engine(Settings.from_env().db_url, config)
-    return create_app(config, engine)
+    return create_app(config, engine, own_process=True)

@@ -23,6 +23,7 @@ _TEXT_FIELDS = tuple(
     and not f.startswith("consent_")
 )
 _NUMBER_OR_TEXT = (str, int, float)
+_TEXT_FIELD_POSITION = {field: position for position, field in enumerate(_TEXT_FIELDS)}
 
 
 def event_name_error(name: Any) -> str | None:
@@ -45,14 +46,18 @@ def event_errors(record: Mapping[str, Any]) -> list[str]:
     name_error = event_name_error(record.get("event_name"))
     if name_error:
         errors.append(name_error)
-    for field in _TEXT_FIELDS:
-        value = record.get(field)
-        if value is None:
+    # The fields the record has (fewer than the model's), reported in the model's order.
+    field_errors: list[tuple[int, str]] = []
+    for field, value in record.items():
+        position = _TEXT_FIELD_POSITION.get(field)
+        if position is None or value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, _NUMBER_OR_TEXT):
-            errors.append(f"{field} must be a string")
+            field_errors.append((position, f"{field} must be a string"))
         elif isinstance(value, str) and "\x00" in value:
-            errors.append(f"{field} contains a NUL character")
+            field_errors.append((position, f"{field} contains a NUL character"))
+    if field_errors:
+        errors.extend(error for _, error in sorted(field_errors))
     value = record.get("value")
     if value is not None and (isinstance(value, bool) or not isinstance(value, _NUMBER_OR_TEXT)):
         errors.append("value must be a number")

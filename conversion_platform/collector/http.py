@@ -7,6 +7,7 @@ several reasons), with the status and headers the refusal calls for.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,6 +78,50 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+#: Content-Encoding values `decode_body` undoes (besides none and `identity`).
+GZIP_ENCODINGS = frozenset({"gzip", "x-gzip"})
+
+
+def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The body with its `Content-Encoding` undone: gzip (one or more members) or none.
+
+    The decompressed size is held to `limit` too (413), decompressing no more than one byte
+    past it, so a small bomb can't take memory; a stream that is not gzip, is cut short or
+    has trailing bytes is 400 `bad_encoding`; another encoding is 415.
+    """
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in GZIP_ENCODINGS:
+        raise ApiError(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {encoding[:40]!r} is not supported; send gzip or none",
+        )
+    parts: list[bytes] = []
+    total = 0
+    rest = body
+    try:
+        while True:
+            stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            parts.append(stream.decompress(rest, limit + 1 - total))
+            total += len(parts[-1])
+            if total > limit or stream.unconsumed_tail:
+                raise ApiError(
+                    413,
+                    "payload_too_large",
+                    f"the body is larger than {limit} bytes once decompressed",
+                )
+            if not stream.eof:
+                raise ApiError(400, "bad_encoding", "the gzip stream is cut short")
+            rest = stream.unused_data
+            if not rest.strip(b"\x00"):  # gzip(1) tolerates zero padding after the members
+                break
+    except zlib.error as exc:
+        raise ApiError(400, "bad_encoding", f"the body is not a valid gzip stream: {exc}") from None
+    return b"".join(parts)
 
 
 def parse_json(body: bytes) -> Any:

@@ -139,6 +139,10 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "operationId": "postEvents",
                     "summary": "Server-side events from a site's backend",
+                    "description": "The body may be compressed with `Content-Encoding: gzip`; "
+                    f"the {MAX_BODY_BYTES:,}-byte limit applies to the body as sent and to it "
+                    "decompressed (413 beyond either). A body that is not a valid gzip stream "
+                    "is 400 `bad_encoding`; another Content-Encoding is 415.",
                     "security": [{"writeKey": []}],
                     "requestBody": {
                         "required": True,
@@ -165,11 +169,15 @@ def openapi_document() -> dict[str, Any]:
                             "quarantined, by index, with their reasons",
                             "content": {"application/json": {"schema": _LANDING_RESULT}},
                         },
-                        "400": _error("Malformed JSON or not {events: [...]}"),
+                        "400": _error(
+                            "Malformed JSON, not {events: [...]}, or not a valid gzip stream"
+                        ),
                         "401": _error("Missing or unknown write key"),
                         "413": _error(
-                            f"More than {MAX_EVENTS_PER_REQUEST} events or {MAX_BODY_BYTES} bytes"
+                            f"More than {MAX_EVENTS_PER_REQUEST} events or {MAX_BODY_BYTES} bytes "
+                            "(as sent or decompressed)"
                         ),
+                        "415": _error("A Content-Encoding other than gzip"),
                         "503": _error("The database could not commit; retry later"),
                     },
                 }

@@ -45,6 +45,13 @@ _MAX_FIELD_LENGTH = 4_096
 
 #: What a coerced record holds: the incoming fields plus pre-hashed identity columns.
 _RECORD_FIELDS: tuple[str, ...] = (*events.INCOMING_FIELDS, *events.HASHED_IDENTITY_COLUMNS)
+#: Incoming fields coerced as plain text (the others have their own coercion).
+_PLAIN_TEXT_FIELDS: tuple[str, ...] = tuple(
+    f
+    for f in events.INCOMING_FIELDS
+    if f not in ("event_time", "received_at", "value", "items", "source")
+    and not f.startswith("consent_")
+)
 
 
 class RecordError(ValueError):
@@ -163,12 +170,11 @@ def coerce_record(
     else:
         event_time = parse_timestamp(raw_time, "event_time")
     out: dict[str, Any] = dict.fromkeys(_RECORD_FIELDS)
-    for field in events.INCOMING_FIELDS:
-        if field in ("event_time", "received_at", "value", "items", "source") or field.startswith(
-            "consent_"
-        ):
-            continue
-        out[field] = _text(record.get(field), field)
+    get = record.get
+    for field in _PLAIN_TEXT_FIELDS:
+        value = get(field)
+        if value is not None:  # (a missing field stays None)
+            out[field] = _text(value, field)
     out["event_name"] = event_name.lower()
     out["event_time"] = event_time
     out["received_at"] = received_at
@@ -186,8 +192,9 @@ def coerce_record(
     out["action_source"] = (out["action_source"] or "website").lower()
     # Pre-hashed identifiers sent under the stored names are kept (they pass through).
     for column in events.HASHED_IDENTITY_COLUMNS:
-        if record.get(column) is not None:
-            out[column] = _text(record.get(column), column)
+        value = get(column)
+        if value is not None:
+            out[column] = _text(value, column)
     if not out["event_id"]:
         out["event_id"] = generated_event_id(source, record)
     # Click ids in the landing URL count as sent; then the URLs lose anything personal.
@@ -286,7 +293,8 @@ def record_to_stored_row(
     is worth on the collector's hot path. Timestamps stay aware datetimes.
     """
     dropped = Counter() if dropped is None else dropped
-    row: dict[str, Any] = {column: record.get(column) for column in _COPIED_COLUMNS}
+    get = record.get
+    row: dict[str, Any] = dict(zip(_COPIED_COLUMNS, map(get, _COPIED_COLUMNS), strict=True))
     country_text = _stored_text(record.get("country"))
     country = normalise_country(country_text) if country_text is not None else None
     city = _stored_text(record.get("city"))
@@ -297,9 +305,11 @@ def record_to_stored_row(
     row["region"] = normalise_region(region) if region is not None else None
     row["postal_code"] = normalise_postal_code(postal, country) if postal is not None else None
 
-    hashed: dict[str, Any] = {
-        c: _prehashed(record.get(c), c, dropped) for c in events.HASHED_IDENTITY_COLUMNS
-    }
+    hashed: dict[str, Any] = dict.fromkeys(events.HASHED_IDENTITY_COLUMNS)
+    for column in events.HASHED_IDENTITY_COLUMNS:
+        value = get(column)
+        if value is not None:
+            hashed[column] = _prehashed(value, column, dropped)
 
     def plaintext(field: str) -> str | None:
         return _stored_text(record.get(field))

@@ -165,12 +165,14 @@ def normalise_external_id(value: str) -> str | None:
     return text or None
 
 
+@lru_cache(maxsize=65_536)
 def normalise_city(value: str) -> str | None:
     """Lowercase city with spaces and punctuation removed (`sanfrancisco`)."""
     name = normalise_name(value)
     return name.replace(" ", "") if name else None
 
 
+@lru_cache(maxsize=65_536)
 def normalise_region(value: str) -> str | None:
     """Two-letter region code, lowercase (`California` -> `ca`); None when unknown."""
     text = value.strip().lower()
@@ -179,6 +181,7 @@ def normalise_region(value: str) -> str | None:
     return _US_STATES.get(" ".join(text.replace(".", " ").split()))
 
 
+@lru_cache(maxsize=65_536)
 def normalise_country(value: str) -> str | None:
     """ISO 3166 alpha-2, lowercase; common English names are mapped."""
     text = value.strip().lower()
@@ -187,6 +190,7 @@ def normalise_country(value: str) -> str | None:
     return _COUNTRY_NAMES.get(" ".join(text.replace(".", " ").split()))
 
 
+@lru_cache(maxsize=65_536)
 def normalise_postal_code(value: str, country: str | None = None) -> str | None:
     """Postal code without spaces or dashes, lowercase; US codes cut to the first 5 digits."""
     text = re.sub(r"[\s\-]", "", value.strip().lower())

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -24,6 +25,8 @@ from conversion_platform.collector.group_commit import (
     LandingRequest,
     StorageUnavailable,
 )
+from conversion_platform.collector.server import collector_process
+from conversion_platform.collector.write_keys import hash_write_key
 from conversion_platform.ingest.landing_writer import prepare_landing, quarantined_payload
 from conversion_platform.settings import Settings
 from conversion_platform_tests.collector.conftest import (
@@ -219,3 +222,36 @@ def test_many_concurrent_clients_all_land(
     assert len({r["event_id"] for r in collector.landing()}) == 640
     stats = collector.app.state.collector.committer.stats
     assert stats.requests == 64 and stats.events == 640
+
+
+def test_two_worker_processes_write_one_sqlite_database(tmp_path: Path):
+    """Several workers (`--workers 2`): each process group-commits on its own, taking
+    turns on the database; every acknowledged event is stored exactly once."""
+    db_url = f"sqlite:///{tmp_path / 'platform.db'}"
+    (tmp_path / "none.yaml").write_text("{}\n")
+    env = {
+        "CONVERSION_PLATFORM_HOME": str(tmp_path / "home"),
+        "CONVERSION_PLATFORM_DB_URL": db_url,
+        "CONVERSION_PLATFORM_COLLECTOR_CONFIG": str(tmp_path / "none.yaml"),
+        "CONVERSION_PLATFORM_COLLECTOR_WRITE_KEYS": f"backend={hash_write_key(BACKEND_KEY)}",
+    }
+    names = [f"w{i}" for i in range(48)]
+    with collector_process(env, workers=2) as collector:
+
+        def send(name: str) -> requests.Response:
+            with requests.Session() as session:  # a connection each: both workers get some
+                return session.post(
+                    f"{collector.url}/v1/events", data=batch(name, 20), headers=AUTH, timeout=60
+                )
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(send, names))
+        assert collector.process.poll() is None
+    assert [a.status_code for a in answers] == [200] * len(names)
+    assert all(a.json() == {"accepted": 20, "rejected": []} for a in answers)
+    engine = sa.create_engine(db_url)
+    try:
+        stored = [r["event_id"] for r in landing_rows(engine)]
+    finally:
+        engine.dispose()
+    assert sorted(stored) == sorted(f"{name}-{i}" for name in names for i in range(20))

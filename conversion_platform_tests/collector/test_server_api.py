@@ -4,6 +4,7 @@ import sources' `received_at`, and that no plaintext personal data is stored."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -268,3 +269,75 @@ def test_health_and_openapi(collector: RunningCollector):
     assert {"/v1/events", "/v1/pixel", "/v1/pixel.gif", "/pixel.js", "/healthz"} <= set(
         document["paths"]
     )
+
+
+def test_a_gzip_body_is_accepted_and_its_events_committed(collector: RunningCollector):
+    events = [purchase(f"gz{i}", **PERSON) for i in range(3)]
+    body = gzip.compress(orjson.dumps({"events": events}))
+    response = post(collector, body, {"Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"accepted": 3, "rejected": []}
+    assert sorted(r["event_id"] for r in collector.landing()) == ["gz0", "gz1", "gz2"]
+    # Two gzip members (what concatenated gzip files are) are one body.
+    text = orjson.dumps({"events": [purchase(f"two{i}") for i in range(2)]})
+    half = len(text) // 2
+    two_members = gzip.compress(text[:half]) + gzip.compress(text[half:])
+    response = post(collector, two_members, {"Content-Encoding": "x-gzip"})
+    assert response.json()["accepted"] == 2
+    stored = {r["event_id"] for r in collector.landing()}
+    assert {"two0", "two1"} <= stored
+    stored_text = all_stored_text(collector.engine)
+    assert not any(plaintext in stored_text for plaintext in PLAINTEXT)
+
+
+def test_a_gzip_body_over_1_mb_decompressed_is_413_and_nothing_is_stored(
+    collector: RunningCollector,
+):
+    filler = "x" * 4_000
+    events = [purchase(f"big{i}", referrer=filler) for i in range(260)]
+    text = orjson.dumps({"events": events})
+    assert len(text) > MAX_BODY_BYTES
+    compressed = gzip.compress(text)
+    assert len(compressed) < MAX_BODY_BYTES // 10
+    assert_error(
+        post(collector, compressed, {"Content-Encoding": "gzip"}), 413, "payload_too_large"
+    )
+    # A bomb: a few KB that would decompress to 50 MB.
+    bomb = gzip.compress(b" " * 50_000_000)
+    assert_error(post(collector, bomb, {"Content-Encoding": "gzip"}), 413, "payload_too_large")
+    assert collector.landing() == []
+    assert collector.quarantined() == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"events": []}',  # not compressed at all
+        b"\x1f\x8b\x08\x00garbage",
+        b"",
+    ],
+    ids=["plain", "garbage", "empty"],
+)
+def test_a_bad_gzip_stream_is_400_bad_encoding(collector: RunningCollector, body: bytes):
+    payload = assert_error(post(collector, body, {"Content-Encoding": "gzip"}), 400, "bad_encoding")
+    assert "gzip" in str(payload["message"])
+    assert collector.landing() == []
+
+
+def test_a_cut_short_or_padded_gzip_stream(collector: RunningCollector):
+    whole = gzip.compress(orjson.dumps({"events": [purchase("pad1")]}))
+    cut = post(collector, whole[: len(whole) - 6], {"Content-Encoding": "gzip"})
+    assert_error(cut, 400, "bad_encoding")
+    trailing = post(collector, whole + b"not gzip", {"Content-Encoding": "gzip"})
+    assert_error(trailing, 400, "bad_encoding")
+    assert collector.landing() == []
+    padded = post(collector, whole + b"\x00" * 8, {"Content-Encoding": "gzip"})
+    assert padded.json()["accepted"] == 1
+
+
+def test_another_content_encoding_is_415(collector: RunningCollector):
+    response = post(collector, b"\x00\x01", {"Content-Encoding": "br"})
+    assert_error(response, 415, "unsupported_encoding")
+    # identity is no encoding at all.
+    plain = post(collector, {"events": [purchase("id1")]}, {"Content-Encoding": "identity"})
+    assert plain.json()["accepted"] == 1
