@@ -28,9 +28,9 @@ from conversion_platform.transform.schema import (
     build_conversion_schema,
     missing_reason,
 )
+from conversion_platform.transform.text_checks import is_sha256_hex
 
 REASON_SEPARATOR = "; "
-_SHA256 = r"[0-9a-f]{64}"
 #: Fields shown in a quarantined row's redacted content (none of them personal data).
 DESCRIBED_FIELDS: tuple[str, ...] = (
     "event_id",
@@ -76,12 +76,11 @@ def drop_malformed_identifiers(frame: pd.DataFrame) -> tuple[pd.DataFrame, Count
     for column in events.HASHED_IDENTITY_COLUMNS:
         if column not in frame.columns:
             continue
-        values = frame[column].astype("string")
-        bad = values.notna() & ~values.str.fullmatch(_SHA256).fillna(False)
+        bad = ~is_sha256_hex(frame[column])
         if bad.any():
             if out is frame:
-                out = frame.copy()
-            out.loc[bad, column] = pd.NA
+                out = frame.copy(deep=False)  # the other columns are shared, never written
+            out[column] = frame[column].mask(bad)
             dropped[f"{column}_malformed"] += int(bad.sum())
     return out, dropped
 
