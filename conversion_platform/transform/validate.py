@@ -9,10 +9,15 @@ Before the contract is checked, two repairs that never cost a conversion:
 
 The rows left failing the schema (`schema.build_conversion_schema`) are returned with
 their reasons, each a failed check's name, joined with `; ` in a fixed order.
+
+The valid frame returned is remembered as proven (by identity, while it lives), so a
+consumer about to check the same frame against the same contract, the Dagster type of
+the validated asset, can trust the proof instead of validating every row again.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -45,6 +50,31 @@ DESCRIBED_FIELDS: tuple[str, ...] = (
     "dedupe_rule",
 )
 _DESCRIBE_LIMIT = 80
+#: Frames `validate_conversions` returned as valid: id -> (the frame, weakly; the maximum
+#: event age it was validated with; its shape and columns then).
+_PROVEN: dict[int, tuple[weakref.ReferenceType[pd.DataFrame], timedelta, tuple]] = {}
+
+
+def _fingerprint(frame: pd.DataFrame) -> tuple:
+    return (len(frame), tuple(frame.columns), tuple(str(t) for t in frame.dtypes))
+
+
+def _remember_proven(frame: pd.DataFrame, max_event_age: timedelta) -> None:
+    key = id(frame)
+    ref = weakref.ref(frame, lambda _ref, key=key: _PROVEN.pop(key, None))
+    _PROVEN[key] = (ref, max_event_age, _fingerprint(frame))
+
+
+def proven_valid(frame: object, max_event_age: timedelta) -> bool:
+    """True when `frame` is a valid frame `validate_conversions` returned, validated with a
+    maximum event age of at most `max_event_age` (so it meets that contract too), with the
+    same rows count, columns and dtypes as then. A frame changed in place after
+    validation is the caller's responsibility: the proof is for the object returned."""
+    entry = _PROVEN.get(id(frame))
+    if entry is None or entry[0]() is not frame:
+        return False
+    assert isinstance(frame, pd.DataFrame)
+    return entry[1] <= max_event_age and entry[2] == _fingerprint(frame)
 
 
 @dataclass
@@ -138,8 +168,10 @@ def validate_conversions(frame: pd.DataFrame, max_event_age: timedelta) -> Valid
     bad = reasons.notna().to_numpy()
     invalid = frame.loc[bad].copy()
     invalid["reasons"] = reasons[bad].astype("string")
+    valid = frame.loc[~bad].reset_index(drop=True)
+    _remember_proven(valid, max_event_age)
     return ValidationResult(
-        valid=frame.loc[~bad].reset_index(drop=True),
+        valid=valid,
         invalid=invalid.reset_index(drop=True),
         clamped=clamped,
         dropped_identifiers=dropped,
