@@ -33,6 +33,7 @@ from conversion_platform.transform.normalise import (
     normalise_phone,
     sha256_hex,
 )
+from conversion_platform.transform.text_checks import normalised_in
 
 #: Identifier kinds, in the order a row's person is taken from (the most personal first).
 KINDS: tuple[str, ...] = ("external_id", "email", "phone", "mpid")
@@ -125,8 +126,9 @@ class IdentityRules:
     def blocked_mask(self, kind: str, values: pd.Series) -> pd.Series:
         """True where a value of `kind` is junk (missing values are not)."""
         if kind == "mpid":
-            text = values.astype("string").str.strip().str.lower()
-            return text.isin(self.blocked_mpids).fillna(False).astype(bool)
+            # trimmed and lower-cased as `str` does, in Python only for the few values
+            # short enough (or with spaces around) to be a blocked value
+            return pd.Series(normalised_in(values, self.blocked_mpids), index=values.index)
         present = values.notna().to_numpy()
         mask = np.zeros(len(values), dtype=bool)
         if present.any():
