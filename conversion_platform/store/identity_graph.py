@@ -105,19 +105,20 @@ def _tuples(frame: pd.DataFrame, columns: Sequence[str], key: Sequence[str] = ()
     """Rows as tuples of plain Python values (None for missing), without a dict per row,
     in the order of the `key` columns when given: in key order each b-tree page is written
     once rather than at random."""
+    order = None
     if key:
         # fixed-width unicode sorts in C, far faster than Python string comparisons
         order = np.lexsort(
             [np.asarray(frame[c].to_numpy(dtype=object), dtype=str) for c in key][::-1]
         )
-        frame = frame.iloc[order]
     arrays = []
     for column in columns:
-        values = frame[column].to_numpy(dtype=object)
-        missing = pd.isna(values)
+        series = frame[column]
+        values = series.to_numpy(dtype=object)
+        missing = series.isna().to_numpy()  # typed: no scan of Python objects for numbers
         if missing.any():
             values = np.where(missing, None, values)
-        arrays.append(values.tolist())
+        arrays.append((values if order is None else values[order]).tolist())
     return list(zip(*arrays, strict=True))
 
 

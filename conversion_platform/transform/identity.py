@@ -230,13 +230,12 @@ def resolve_hour(
                 if column in notna:
                     notna[column] = notna[column].copy()
                     notna[column][filled[name]] = True
-    frame["enriched_fields"] = enriched_labels(n, filled)
-
     presence_after = presence_from_notna(notna, n, allowed)
     frame["strong_keys_before"] = strong_key_counts(presence_before)
     frame["strong_keys_after"] = strong_key_counts(presence_after)
     for column, scores in score_columns(presence_after).items():
         frame[column] = scores
+    frame["enriched_fields"] = enriched_labels(n, filled)
     figures = hour_figures(frame, conversion, presence_before, presence_after)
     figures.update(plan.figures)
     figures["junk_identifiers_removed"] = junk
