@@ -18,7 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conversion_platform.transform.text_checks import is_sha256_hex, normalised_in, within_length
+from conversion_platform.transform.text_checks import (
+    digest_prefixes,
+    digests_in,
+    is_sha256_hex,
+    normalised_in,
+    within_length,
+)
 
 DIGEST = hashlib.sha256(b"ana@example.com").hexdigest()
 
@@ -113,3 +119,20 @@ def test_the_validated_frame_passes_the_dagster_type_on_its_proof_others_are_val
     grown = valid  # the same object with a column added is no longer the proven frame
     grown["extra"] = 1
     assert not proven_valid(grown, timedelta(days=7))
+
+
+def test_digests_are_found_by_prefix_and_compared_whole() -> None:
+    blocked = {hashlib.sha256(str(i).encode()).hexdigest() for i in range(1_000)}
+    blocked.add("not-a-digest")
+    one = next(iter(sorted(blocked - {"not-a-digest"})))
+    same_prefix = one[:16] + ("0" if one[16] != "0" else "1") + one[17:]
+    values = text(one, same_prefix, DIGEST, None, "not-a-digest", one.upper())
+    found = digests_in(values, frozenset(blocked), digest_prefixes(blocked))
+    assert found.tolist() == [True, False, False, False, True, False]
+    objects = pd.Series([one, 7, None], dtype=object)  # Arrow can't hold it: Python
+    assert digests_in(objects, frozenset(blocked), digest_prefixes(blocked)).tolist() == [
+        True,
+        False,
+        False,
+    ]
+    assert not digests_in(text(one), frozenset(), digest_prefixes(set())).any()

@@ -28,22 +28,42 @@ _HEX_BYTE = np.zeros(256, dtype=bool)
 _HEX_BYTE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
 
 
+def _objects(values: pd.Series) -> np.ndarray:
+    """The values as an object array (a `string` column's own, not a copy; NA as pandas has it)."""
+    return np.asarray(values.array, dtype=object)
+
+
 def _arrow(values: pd.Series) -> pa.Array | None:
     """The values as one Arrow `large_string` array, None when Arrow can't hold them."""
     try:
-        array = pa.array(
-            values.to_numpy(dtype=object, na_value=None), type=pa.large_string(), from_pandas=True
-        )
+        array = pa.array(_objects(values), type=pa.large_string(), from_pandas=True)
     except (pa.ArrowException, UnicodeEncodeError):
         return None
     return array
 
 
 def _python(values: pd.Series, passes: Callable[[object], bool]) -> np.ndarray:
-    objects = values.to_numpy(dtype=object, na_value=None)
+    objects = _objects(values)
+    missing = pd.isna(objects)
     return np.fromiter(
-        (v is None or bool(passes(v)) for v in objects), dtype=bool, count=len(objects)
+        (bool(m) or bool(passes(v)) for v, m in zip(objects, missing, strict=True)),
+        dtype=bool,
+        count=len(objects),
     )
+
+
+def _hex_digest_bytes(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Which values are 64-byte hex digests, and those values' bytes as (n, 64) uint8."""
+    lengths = pc.fill_null(pc.binary_length(array), 0).to_numpy(zero_copy_only=False)
+    sized = lengths == SHA256_HEX_LENGTH
+    if not sized.any():
+        return sized, np.zeros((0, SHA256_HEX_LENGTH), dtype=np.uint8)
+    digests = array.filter(pa.array(sized))
+    start = int(np.frombuffer(digests.buffers()[1], dtype=np.int64)[digests.offset])
+    data = np.frombuffer(
+        digests.buffers()[2], dtype=np.uint8, count=SHA256_HEX_LENGTH * len(digests), offset=start
+    ).reshape(-1, SHA256_HEX_LENGTH)
+    return sized, data
 
 
 def is_sha256_hex(values: pd.Series) -> np.ndarray:
@@ -54,20 +74,61 @@ def is_sha256_hex(values: pd.Series) -> np.ndarray:
             values, lambda v: isinstance(v, str) and _SHA256_HEX.fullmatch(v) is not None
         )
     ok = ~array.is_valid().to_numpy(zero_copy_only=False)
-    lengths = pc.fill_null(pc.binary_length(array), 0).to_numpy(zero_copy_only=False)
-    sized = lengths == SHA256_HEX_LENGTH
-    if sized.any():
-        # 64 bytes that are all hex digits are 64 ASCII hex characters
-        digests = array.filter(pa.array(sized))
-        start = int(np.frombuffer(digests.buffers()[1], dtype=np.int64)[digests.offset])
-        data = np.frombuffer(
-            digests.buffers()[2],
-            dtype=np.uint8,
-            count=SHA256_HEX_LENGTH * len(digests),
-            offset=start,
-        )
-        ok[sized] = _HEX_BYTE[data].reshape(-1, SHA256_HEX_LENGTH).all(axis=1)
+    sized, data = _hex_digest_bytes(array)
+    # 64 bytes that are all hex digits are 64 ASCII hex characters
+    ok[sized] = _HEX_BYTE[data].all(axis=1)
     return ok
+
+
+#: Hex digit byte -> its value (0 for other bytes; only digests that are all hex are read).
+_NIBBLE = np.zeros(256, dtype=np.uint64)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _NIBBLE[_c] = _i
+_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
+
+
+def _prefixes(data: np.ndarray) -> np.ndarray:
+    """The first 16 hex digits of each digest as one uint64."""
+    return (_NIBBLE[data[:, :16]] << _SHIFTS).sum(axis=1, dtype=np.uint64)
+
+
+def digests_in(values: pd.Series, digests: Collection[str], prefixes: np.ndarray) -> np.ndarray:
+    """True where a value is one of `digests` (hex SHA-256 strings; missing values: False).
+
+    `prefixes` is `digest_prefixes(digests)`. A digest is looked up by its first 64 bits
+    in a sorted array; the rare values whose prefix matches are compared whole in Python.
+    Values that aren't hex digests are looked up in Python.
+    """
+    objects = _objects(values)
+    out = np.zeros(len(objects), dtype=bool)
+    array = _arrow(values)
+    if array is None:
+        check = np.flatnonzero(pd.notna(objects))
+    else:
+        sized, data = _hex_digest_bytes(array)
+        is_hex = _HEX_BYTE[data].all(axis=1)
+        rows = np.flatnonzero(sized)[is_hex]
+        hexed = np.zeros(len(objects), dtype=bool)
+        hexed[rows] = True
+        candidate = np.zeros(len(objects), dtype=bool)
+        if len(prefixes) and len(rows):
+            keys = _prefixes(data[is_hex])
+            at = np.minimum(np.searchsorted(prefixes, keys), len(prefixes) - 1)
+            candidate[rows] = prefixes[at] == keys
+        other = array.is_valid().to_numpy(zero_copy_only=False) & ~hexed
+        check = np.flatnonzero(candidate | other)
+    wanted = digests if isinstance(digests, frozenset | set) else frozenset(digests)
+    out[check] = [objects[i] in wanted for i in check]
+    return out
+
+
+def digest_prefixes(digests: Collection[str]) -> np.ndarray:
+    """The sorted 64-bit prefixes of the hex digests among `digests` (for `digests_in`)."""
+    hexed = [d for d in digests if _SHA256_HEX.fullmatch(d)]
+    if not hexed:
+        return np.zeros(0, dtype=np.uint64)
+    data = np.frombuffer("".join(hexed).encode("ascii"), dtype=np.uint8).reshape(-1, 64)
+    return np.unique(_prefixes(data))
 
 
 def within_length(values: pd.Series, limit: int) -> np.ndarray:
@@ -85,7 +146,7 @@ def normalised_in(values: pd.Series, blocked: Collection[str]) -> np.ndarray:
     Only short values or values with a non-alphanumeric end can strip and lower to a
     short blocked value; those few are compared in Python, exactly as `str` does it.
     """
-    objects = values.to_numpy(dtype=object, na_value=None)
+    objects = _objects(values)
     out = np.zeros(len(objects), dtype=bool)
     if not len(objects) or not blocked:
         return out
