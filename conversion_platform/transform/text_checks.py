@@ -24,8 +24,9 @@ import pyarrow.compute as pc
 SHA256_HEX_LENGTH = 64
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: Byte -> is a lowercase hex digit.
+_HEX_DIGITS = b"0123456789abcdef"
 _HEX_BYTE = np.zeros(256, dtype=bool)
-_HEX_BYTE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
+_HEX_BYTE[np.frombuffer(_HEX_DIGITS, dtype=np.uint8)] = True
 
 
 def _objects(values: pd.Series) -> np.ndarray:
@@ -66,6 +67,13 @@ def _hex_digest_bytes(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return sized, data
 
 
+def _all_hex(data: np.ndarray) -> np.ndarray:
+    """Per row of (n, 64) bytes, whether every byte is a lowercase hex digit."""
+    if not data.tobytes().translate(None, _HEX_DIGITS):
+        return np.ones(len(data), dtype=bool)  # the usual case: one C pass over the bytes
+    return _HEX_BYTE[data].all(axis=1)
+
+
 def is_sha256_hex(values: pd.Series) -> np.ndarray:
     """True where a value is a lowercase hex SHA-256 digest (exactly 64 of `0-9a-f`)."""
     array = _arrow(values)
@@ -76,13 +84,13 @@ def is_sha256_hex(values: pd.Series) -> np.ndarray:
     ok = ~array.is_valid().to_numpy(zero_copy_only=False)
     sized, data = _hex_digest_bytes(array)
     # 64 bytes that are all hex digits are 64 ASCII hex characters
-    ok[sized] = _HEX_BYTE[data].all(axis=1)
+    ok[sized] = _all_hex(data)
     return ok
 
 
 #: Hex digit byte -> its value (0 for other bytes; only digests that are all hex are read).
 _NIBBLE = np.zeros(256, dtype=np.uint64)
-for _i, _c in enumerate(b"0123456789abcdef"):
+for _i, _c in enumerate(_HEX_DIGITS):
     _NIBBLE[_c] = _i
 _SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
 
@@ -106,7 +114,7 @@ def digests_in(values: pd.Series, digests: Collection[str], prefixes: np.ndarray
         check = np.flatnonzero(pd.notna(objects))
     else:
         sized, data = _hex_digest_bytes(array)
-        is_hex = _HEX_BYTE[data].all(axis=1)
+        is_hex = _all_hex(data)
         rows = np.flatnonzero(sized)[is_hex]
         hexed = np.zeros(len(objects), dtype=bool)
         hexed[rows] = True
