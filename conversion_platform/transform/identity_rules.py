@@ -21,7 +21,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import phonenumbers
 import yaml
@@ -130,13 +129,13 @@ class IdentityRules:
             # short enough (or with spaces around) to be a blocked value
             return pd.Series(normalised_in(values, self.blocked_mpids), index=values.index)
         blocked = self.blocked_hashes
-        # looked up by 64-bit prefix in a sorted array: no Python hash of each digest
+        # looked up by 64-bit prefix: no Python hash of each 64-character digest
         mask = digests_in(values, blocked, _blocked_prefixes(blocked))
         return pd.Series(mask, index=values.index)
 
 
 @lru_cache(maxsize=16)
-def _blocked_prefixes(blocked: frozenset[str]) -> np.ndarray:
+def _blocked_prefixes(blocked: frozenset[str]) -> pd.Index:
     """The blocked digests' sorted 64-bit prefixes, computed once per blocklist."""
     return digest_prefixes(blocked)
 

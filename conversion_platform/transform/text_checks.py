@@ -88,23 +88,17 @@ def is_sha256_hex(values: pd.Series) -> np.ndarray:
     return ok
 
 
-#: Hex digit byte -> its value (0 for other bytes; only digests that are all hex are read).
-_NIBBLE = np.zeros(256, dtype=np.uint64)
-for _i, _c in enumerate(_HEX_DIGITS):
-    _NIBBLE[_c] = _i
-_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
-
-
 def _prefixes(data: np.ndarray) -> np.ndarray:
-    """The first 16 hex digits of each digest as one uint64."""
-    return (_NIBBLE[data[:, :16]] << _SHIFTS).sum(axis=1, dtype=np.uint64)
+    """The first 16 hex digits (64 bits) of each digest, as uint64 (rows all hex digits)."""
+    head = np.ascontiguousarray(data[:, :16]).tobytes().decode("ascii")
+    return np.frombuffer(bytes.fromhex(head), dtype=">u8").astype(np.uint64)
 
 
-def digests_in(values: pd.Series, digests: Collection[str], prefixes: np.ndarray) -> np.ndarray:
+def digests_in(values: pd.Series, digests: Collection[str], prefixes: pd.Index) -> np.ndarray:
     """True where a value is one of `digests` (hex SHA-256 strings; missing values: False).
 
     `prefixes` is `digest_prefixes(digests)`. A digest is looked up by its first 64 bits
-    in a sorted array; the rare values whose prefix matches are compared whole in Python.
+    (an integer hash lookup); the rare values whose prefix matches are compared whole.
     Values that aren't hex digests are looked up in Python.
     """
     objects = _objects(values)
@@ -120,9 +114,7 @@ def digests_in(values: pd.Series, digests: Collection[str], prefixes: np.ndarray
         hexed[rows] = True
         candidate = np.zeros(len(objects), dtype=bool)
         if len(prefixes) and len(rows):
-            keys = _prefixes(data[is_hex])
-            at = np.minimum(np.searchsorted(prefixes, keys), len(prefixes) - 1)
-            candidate[rows] = prefixes[at] == keys
+            candidate[rows] = prefixes.get_indexer(_prefixes(data[is_hex])) >= 0
         other = array.is_valid().to_numpy(zero_copy_only=False) & ~hexed
         check = np.flatnonzero(candidate | other)
     wanted = digests if isinstance(digests, frozenset | set) else frozenset(digests)
@@ -130,13 +122,14 @@ def digests_in(values: pd.Series, digests: Collection[str], prefixes: np.ndarray
     return out
 
 
-def digest_prefixes(digests: Collection[str]) -> np.ndarray:
-    """The sorted 64-bit prefixes of the hex digests among `digests` (for `digests_in`)."""
+def digest_prefixes(digests: Collection[str]) -> pd.Index:
+    """The 64-bit prefixes of the hex digests among `digests`, as a hashed index (keep it:
+    its hash table is built on first use and reused)."""
     hexed = [d for d in digests if _SHA256_HEX.fullmatch(d)]
     if not hexed:
-        return np.zeros(0, dtype=np.uint64)
+        return pd.Index(np.zeros(0, dtype=np.uint64))
     data = np.frombuffer("".join(hexed).encode("ascii"), dtype=np.uint8).reshape(-1, 64)
-    return np.unique(_prefixes(data))
+    return pd.Index(np.unique(_prefixes(data)))
 
 
 def within_length(values: pd.Series, limit: int) -> np.ndarray:
