@@ -23,6 +23,7 @@ from conversion_platform.transform.text_checks import (
     digests_in,
     is_sha256_hex,
     normalised_in,
+    one_of,
     within_length,
 )
 
@@ -136,3 +137,11 @@ def test_digests_are_found_by_prefix_and_compared_whole() -> None:
         False,
     ]
     assert not digests_in(text(one), frozenset(), digest_prefixes(set())).any()
+
+
+def test_one_of_is_exact_and_lets_missing_values_pass() -> None:
+    allowed = ("pixel", "server", "log")
+    values = text("pixel", "Pixel", " log", None, "server", "")
+    assert one_of(values, allowed).tolist() == [True, False, False, True, True, False]
+    mixed = pd.Series(["log", 3, None], dtype=object)  # Arrow can't hold it: Python
+    assert one_of(mixed, allowed).tolist() == [True, False, True]

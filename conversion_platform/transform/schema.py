@@ -36,7 +36,7 @@ from conversion_platform import events
 from conversion_platform.transform.currencies import ISO_4217_CODES
 from conversion_platform.transform.dedupe import CLOCK_SKEW_ALLOWANCE
 from conversion_platform.transform.pandera_checks import RowCheck, column_check
-from conversion_platform.transform.text_checks import is_sha256_hex, within_length
+from conversion_platform.transform.text_checks import is_sha256_hex, one_of, within_length
 
 MAX_ID_LENGTH = 256
 MAX_URL_LENGTH = 4_096
@@ -106,6 +106,11 @@ def _bounded(column: str, limit: int) -> pa.Column:
     )
 
 
+def _one_of(allowed: tuple[str, ...] | frozenset[str], reason: str) -> pa.Check:
+    values = sorted(allowed)
+    return column_check(lambda column: one_of(column, values), reason, allowed_values=values)
+
+
 def build_conversion_schema(max_event_age: timedelta) -> pa.DataFrameSchema:
     """The schema, with the configured maximum event age (relative to the time received)."""
     columns: dict[str, pa.Column] = {
@@ -124,17 +129,11 @@ def build_conversion_schema(max_event_age: timedelta) -> pa.DataFrameSchema:
         "received_at": pa.Column(events.TIMESTAMP_DTYPE, nullable=False),
         "source": _text_column(
             "source",
-            pa.Check.isin(
-                list(events.SOURCES), name=REASON_SOURCE_UNKNOWN, error=REASON_SOURCE_UNKNOWN
-            ),
+            _one_of(events.SOURCES, REASON_SOURCE_UNKNOWN),
         ),
         "action_source": _text_column(
             "action_source",
-            pa.Check.isin(
-                list(events.ACTION_SOURCES),
-                name=REASON_ACTION_SOURCE_UNKNOWN,
-                error=REASON_ACTION_SOURCE_UNKNOWN,
-            ),
+            _one_of(events.ACTION_SOURCES, REASON_ACTION_SOURCE_UNKNOWN),
         ),
         "value": pa.Column(
             "float64",
@@ -145,9 +144,7 @@ def build_conversion_schema(max_event_age: timedelta) -> pa.DataFrameSchema:
         **{
             c: _text_column(
                 c,
-                pa.Check.isin(
-                    list(events.CONSENT_VALUES), name=f"{c}_invalid", error=f"{c}_invalid"
-                ),
+                _one_of(events.CONSENT_VALUES, f"{c}_invalid"),
             )
             for c in ("consent_ad_user_data", "consent_ad_personalization")
         },

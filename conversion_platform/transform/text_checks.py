@@ -132,6 +132,16 @@ def digest_prefixes(digests: Collection[str]) -> pd.Index:
     return pd.Index(np.unique(_prefixes(data)))
 
 
+def one_of(values: pd.Series, allowed: Collection[str]) -> np.ndarray:
+    """True where a value is one of `allowed` (exactly; missing values pass)."""
+    array = _arrow(values)
+    if array is None:
+        wanted = frozenset(allowed)
+        return _python(values, lambda v: v in wanted)
+    found = pc.is_in(array, value_set=pa.array(sorted(allowed), type=pa.large_string()))
+    return pc.fill_null(pc.or_kleene(found, pc.is_null(array)), True).to_numpy(zero_copy_only=False)
+
+
 def within_length(values: pd.Series, limit: int) -> np.ndarray:
     """True where a value has at most `limit` characters (code points, as Python counts)."""
     array = _arrow(values)
