@@ -171,7 +171,8 @@ def validate_conversions(frame: pd.DataFrame, max_event_age: timedelta) -> Valid
     bad = reasons.notna().to_numpy()
     invalid = frame.loc[bad].copy()
     invalid["reasons"] = reasons[bad].astype("string")
-    valid = frame.loc[~bad].reset_index(drop=True)
+    valid = frame.take(np.flatnonzero(~bad))
+    valid.index = pd.RangeIndex(len(valid))  # a new frame already: renumbered, not copied
     _remember_proven(valid, max_event_age)
     return ValidationResult(
         valid=valid,
