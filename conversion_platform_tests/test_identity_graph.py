@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
@@ -177,6 +178,23 @@ def test_a_person_never_grows_past_the_cap(graph_engine: Engine) -> None:
     result = resolve(graph_engine, [*other, bridge], rules)
     assert result.per_hour[at(3)]["persons_merged"] == 0
     assert result.per_hour[at(3)]["links_refused_by_cap"] == 1
+
+
+def test_the_callers_frame_is_left_as_it_was(graph_engine: Engine) -> None:
+    """Resolution shares the caller's column arrays (no copy of every cell) and replaces
+    the columns it changes (junk blanked, contacts enriched) instead of writing into them."""
+    frame = frame_of(
+        [
+            row(at(0, 1), mpid="m-1", email="ana@example.com", phone="+14155550100"),
+            row(at(0, 2), mpid="m-1"),  # enriched with Ana's email and phone
+            row(at(0, 3), mpid="undefined", email="test@test.com"),  # junk blanked
+        ]
+    )
+    before = frame.copy(deep=True)
+    result = resolve_hours(graph_engine, frame, [at(0)], IdentityRules())
+    assert result.per_hour[at(0)]["junk_identifiers_removed"] == 2  # one email, one mpid
+    assert result.frame["email_sha256"].notna().sum() == 2
+    pd.testing.assert_frame_equal(frame, before)
 
 
 def test_junk_values_are_removed_and_never_link(graph_engine: Engine) -> None:

@@ -20,15 +20,42 @@ from conversion_platform.store.quarantine import (
     replace_quarantined,
 )
 from conversion_platform.transform.schema import build_conversion_schema
-from conversion_platform.transform.validate import quarantine_records, validate_conversions
+from conversion_platform.transform.validate import (
+    proven_valid,
+    quarantine_records,
+    validate_conversions,
+)
 
 VALIDATE_GROUP = "validate"
 INVALID_RATE_CHECK = "invalid_rate_below_threshold"
 
-#: The contract as the asset's Dagster type (the UI shows its columns and checks). The
-#: maximum event age is a setting, applied by validation itself; the type only checks
-#: that what left validation keeps the contract.
-ConversionFrame = pandera_schema_to_dagster_type(build_conversion_schema(timedelta(days=36_500)))
+#: The maximum event age of the type: the setting is applied by validation itself; the
+#: type only checks that what left validation keeps the contract.
+_TYPE_MAX_EVENT_AGE = timedelta(days=36_500)
+_PANDERA_TYPE = pandera_schema_to_dagster_type(build_conversion_schema(_TYPE_MAX_EVENT_AGE))
+
+
+def _conversion_frame_check(context: dg.TypeCheckContext, value: object) -> dg.TypeCheck:
+    """The frame the asset has just validated against this contract passes on that proof
+    (validating every row twice costs as much as the asset's own validation); any other
+    frame is validated by pandera, as `dagster-pandera` does."""
+    if proven_valid(value, _TYPE_MAX_EVENT_AGE):
+        return dg.TypeCheck(
+            success=True,
+            description="validated against this schema by the asset that produced it",
+        )
+    return _PANDERA_TYPE.type_check(context, value)
+
+
+#: The contract as the asset's Dagster type: dagster-pandera's type (name, description and
+#: the schema's columns and checks, which the UI shows) with the check above.
+ConversionFrame = dg.DagsterType(
+    type_check_fn=_conversion_frame_check,
+    name=_PANDERA_TYPE.unique_name,
+    description=_PANDERA_TYPE.description,
+    metadata=_PANDERA_TYPE.metadata,
+    typing_type=pd.DataFrame,
+)
 
 
 def _by_hour(frame: pd.DataFrame, column: str = events.HOUR_COLUMN) -> pd.Series:

@@ -5,8 +5,9 @@ Every write happens in the caller's transaction (one per hour), which starts wit
 until commit, on SQLite the first write takes the database's write lock before any read.
 
 An hour can hold a million rows, so reads and writes work on whole sets through the
-driver's own cursor (tuples, `executemany`, `IN` lists on SQLite and `= ANY(array)` on
-PostgreSQL), never one identifier at a time, and without building a dict per row.
+driver's own cursor (tuples, `executemany`, `IN` lists on SQLite and `= ANY(array)` and
+`COPY` for new rows on PostgreSQL), never one identifier at a time, and without building
+a dict per row.
 """
 
 from __future__ import annotations
@@ -89,24 +90,35 @@ class _Driver:
         for i in range(0, len(rows), _WRITE_CHUNK):
             self.cursor.executemany(sql, rows[i : i + _WRITE_CHUNK])
 
+    def insert(self, table: sa.Table, columns: Sequence[str], rows: list[tuple]) -> None:
+        """Plain inserts: `COPY ... FROM STDIN` on PostgreSQL (one stream, no statement
+        per row), `executemany` on SQLite."""
+        if not self.postgres:
+            self.write(_insert_sql(self, table, columns), rows)
+            return
+        with self.cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
 
 def _tuples(frame: pd.DataFrame, columns: Sequence[str], key: Sequence[str] = ()) -> list[tuple]:
     """Rows as tuples of plain Python values (None for missing), without a dict per row,
     in the order of the `key` columns when given: in key order each b-tree page is written
     once rather than at random."""
+    order = None
     if key:
         # fixed-width unicode sorts in C, far faster than Python string comparisons
         order = np.lexsort(
             [np.asarray(frame[c].to_numpy(dtype=object), dtype=str) for c in key][::-1]
         )
-        frame = frame.iloc[order]
     arrays = []
     for column in columns:
-        values = frame[column].to_numpy(dtype=object)
-        missing = pd.isna(values)
+        series = frame[column]
+        values = series.to_numpy(dtype=object)
+        missing = series.isna().to_numpy()  # typed: no scan of Python objects for numbers
         if missing.any():
             values = np.where(missing, None, values)
-        arrays.append(values.tolist())
+        arrays.append((values if order is None else values[order]).tolist())
     return list(zip(*arrays, strict=True))
 
 
@@ -159,7 +171,7 @@ def insert_identifiers(conn: Connection, frame: pd.DataFrame) -> None:
     if driver.postgres:  # a boolean column: SQLite takes Python bools as 0/1 already
         position = IDENTIFIER_COLUMNS.index("linkable")
         rows = [(*r[:position], bool(r[position]), *r[position + 1 :]) for r in rows]
-    driver.write(_insert_sql(driver, identity_identifiers, IDENTIFIER_COLUMNS), rows)
+    driver.insert(identity_identifiers, IDENTIFIER_COLUMNS, rows)
 
 
 def mark_unlinkable(conn: Connection, frame: pd.DataFrame) -> None:
@@ -179,9 +191,8 @@ def insert_persons(conn: Connection, frame: pd.DataFrame) -> None:
     if frame.empty:
         return
     driver = _Driver(conn)
-    driver.write(
-        _insert_sql(driver, identity_persons, PERSON_COLUMNS),
-        _tuples(frame, PERSON_COLUMNS, key=("person_id",)),
+    driver.insert(
+        identity_persons, PERSON_COLUMNS, _tuples(frame, PERSON_COLUMNS, key=("person_id",))
     )
 
 

@@ -139,9 +139,10 @@ def enrich_click_ids(
 
 def enriched_labels(size: int, filled: dict[str, np.ndarray]) -> pd.Series:
     """Per row, the comma-separated names of what enrichment added (None for nothing)."""
-    labels = np.full(size, "", dtype=object)
+    labels = np.full(size, None, dtype=object)
     for name in sorted(filled):
         rows = filled[name]
-        labels[rows] = labels[rows] + ("," + name)
-    out = pd.Series(labels, dtype="string").str.lstrip(",")
-    return out.where(out != "", pd.NA)
+        empty = pd.isna(labels[rows])
+        labels[rows[empty]] = name
+        labels[rows[~empty]] = labels[rows[~empty]] + ("," + name)
+    return pd.Series(labels, dtype="string")

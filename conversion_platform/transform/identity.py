@@ -63,12 +63,16 @@ class IdentityResult:
 
 
 def _deduped_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The hour's rows in the deduplicated model, copied once (conformed only if needed)."""
+    """The hour's rows in the deduplicated model (conformed only if needed) as a frame of
+    its own whose column arrays may be the caller's: resolution replaces columns, never
+    writes into them, so the caller's frame is unchanged without a copy of every cell."""
     dtypes = events.column_dtypes(DEDUPED_COLUMNS)
     if list(frame.columns) == list(DEDUPED_COLUMNS) and all(
         str(frame[c].dtype) == dtypes[c] for c in DEDUPED_COLUMNS
     ):
-        return frame.reset_index(drop=True)
+        out = frame.copy(deep=False)
+        out.index = pd.RangeIndex(len(out))
+        return out
     return events.conform(frame.reset_index(drop=True), DEDUPED_COLUMNS)
 
 
@@ -78,7 +82,8 @@ def _times_us(frame: pd.DataFrame) -> np.ndarray:
 
 
 def remove_junk(frame: pd.DataFrame, rules: IdentityRules) -> int:
-    """Blank blocked identifier values (and their variants) in place; returns how many."""
+    """Blank blocked identifier values (and their variants) in `frame`, by replacing the
+    columns (their arrays may be shared with another frame); returns how many."""
     removed = 0
     for kind in KINDS:
         columns = [KIND_COLUMNS[kind]]
@@ -90,7 +95,7 @@ def remove_junk(frame: pd.DataFrame, rules: IdentityRules) -> int:
         if mask.any():
             removed += int(mask.sum())
             for column in columns:
-                frame.loc[mask, column] = pd.NA
+                frame[column] = frame[column].mask(mask)
     return removed
 
 
@@ -230,13 +235,12 @@ def resolve_hour(
                 if column in notna:
                     notna[column] = notna[column].copy()
                     notna[column][filled[name]] = True
-    frame["enriched_fields"] = enriched_labels(n, filled)
-
     presence_after = presence_from_notna(notna, n, allowed)
     frame["strong_keys_before"] = strong_key_counts(presence_before)
     frame["strong_keys_after"] = strong_key_counts(presence_after)
     for column, scores in score_columns(presence_after).items():
         frame[column] = scores
+    frame["enriched_fields"] = enriched_labels(n, filled)
     figures = hour_figures(frame, conversion, presence_before, presence_after)
     figures.update(plan.figures)
     figures["junk_identifiers_removed"] = junk
@@ -298,11 +302,15 @@ def resolve_hours(
     consent_required: bool = False,
 ) -> IdentityResult:
     """Resolve each hour of `frame` in order, each in its own transaction."""
-    by_hour = (
-        {hour: group for hour, group in frame.groupby(events.HOUR_COLUMN, sort=True)}
-        if len(frame)
-        else {}
-    )
+    hour_values = frame[events.HOUR_COLUMN]
+    if len(frame) and (hour_values == hour_values.iloc[0]).all():
+        by_hour = {hour_values.iloc[0]: frame}  # one hour: no copy of its rows
+    else:
+        by_hour = (
+            {hour: group for hour, group in frame.groupby(events.HOUR_COLUMN, sort=True)}
+            if len(frame)
+            else {}
+        )
     frames: list[pd.DataFrame] = []
     per_hour: dict[datetime, dict[str, float | int]] = {}
     for hour in sorted(hours):

@@ -15,7 +15,7 @@ person after the hour. `transform/identity.py` applies it in one transaction.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,8 +154,17 @@ def new_person_id(kind: str, value: str, hour_us: int) -> str:
 
     The hour comes first so that an hour's new persons are neighbours in every index.
     """
-    digest = hashlib.sha256(f"{kind}\x1f{value}".encode()).hexdigest()[:16]
-    return f"p_{hour_us // 3_600_000_000:07x}{digest}"
+    return new_person_ids([kind], [value], hour_us)[0]
+
+
+def new_person_ids(kinds: Sequence[str], values: Sequence[str], hour_us: int) -> list[str]:
+    """`new_person_id` of each (kind, value): one SHA-256 per person, nothing else per row."""
+    prefix = f"p_{hour_us // 3_600_000_000:07x}"
+    sha256 = hashlib.sha256
+    return [
+        prefix + sha256(f"{kind}\x1f{value}".encode()).hexdigest()[:16]
+        for kind, value in zip(kinds, values, strict=True)
+    ]
 
 
 class _CappedUnion:
@@ -439,10 +448,11 @@ def _assign(
         .set_index("group")
     )
     fresh_ids = pd.Series(
-        [
-            new_person_id(KINDS[k], v, hour_us)
-            for k, v in zip(seeds["kind"], seeds["value"], strict=True)
-        ],
+        new_person_ids(
+            np.asarray(KINDS, dtype=object)[seeds["kind"].to_numpy(np.int64)].tolist(),
+            seeds["value"].tolist(),
+            hour_us,
+        ),
         index=seeds.index,
         dtype=object,
     )

@@ -21,7 +21,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import phonenumbers
 import yaml
@@ -33,6 +32,7 @@ from conversion_platform.transform.normalise import (
     normalise_phone,
     sha256_hex,
 )
+from conversion_platform.transform.text_checks import digest_prefixes, digests_in, normalised_in
 
 #: Identifier kinds, in the order a row's person is taken from (the most personal first).
 KINDS: tuple[str, ...] = ("external_id", "email", "phone", "mpid")
@@ -125,23 +125,19 @@ class IdentityRules:
     def blocked_mask(self, kind: str, values: pd.Series) -> pd.Series:
         """True where a value of `kind` is junk (missing values are not)."""
         if kind == "mpid":
-            text = values.astype("string").str.strip().str.lower()
-            return text.isin(self.blocked_mpids).fillna(False).astype(bool)
-        present = values.notna().to_numpy()
-        mask = np.zeros(len(values), dtype=bool)
-        if present.any():
-            # the blocked index keeps its hash table between calls: a lookup per value
-            found = _blocked_index(self.blocked_hashes).get_indexer(
-                values.to_numpy(dtype=object)[present]
-            )
-            mask[present] = found >= 0
+            # trimmed and lower-cased as `str` does, in Python only for the few values
+            # short enough (or with spaces around) to be a blocked value
+            return pd.Series(normalised_in(values, self.blocked_mpids), index=values.index)
+        blocked = self.blocked_hashes
+        # looked up by 64-bit prefix: no Python hash of each 64-character digest
+        mask = digests_in(values, blocked, _blocked_prefixes(blocked))
         return pd.Series(mask, index=values.index)
 
 
 @lru_cache(maxsize=16)
-def _blocked_index(blocked: frozenset[str]) -> pd.Index:
-    """The blocked digests as a hashed index, built once (membership tests are vectorised)."""
-    return pd.Index(sorted(blocked), dtype=object)
+def _blocked_prefixes(blocked: frozenset[str]) -> pd.Index:
+    """The blocked digests' sorted 64-bit prefixes, computed once per blocklist."""
+    return digest_prefixes(blocked)
 
 
 @lru_cache(maxsize=16)

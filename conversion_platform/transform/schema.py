@@ -25,14 +25,18 @@ and every destination sends them as custom events; a name that isn't in that for
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
 from conversion_platform import events
 from conversion_platform.transform.currencies import ISO_4217_CODES
 from conversion_platform.transform.dedupe import CLOCK_SKEW_ALLOWANCE
+from conversion_platform.transform.pandera_checks import RowCheck, column_check
+from conversion_platform.transform.text_checks import is_sha256_hex, one_of, within_length
 
 MAX_ID_LENGTH = 256
 MAX_URL_LENGTH = 4_096
@@ -66,6 +70,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 
 _SHA256 = r"^[0-9a-f]{64}$"
+_CUSTOM_EVENT_NAME = re.compile(events.CUSTOM_EVENT_NAME_PATTERN)
 
 
 def missing_reason(column: str) -> str:
@@ -78,10 +83,14 @@ def too_long_reason(column: str) -> str:
 
 def event_name_in_model(names: pd.Series) -> pd.Series:
     """True for standard event names and custom names in the model's snake_case form."""
-    names = names.astype("string")
-    standard = names.isin(events.STANDARD_EVENT_NAMES)
-    custom = names.str.fullmatch(events.CUSTOM_EVENT_NAME_PATTERN)
-    return (standard | custom).fillna(False).astype(bool)
+    standard = names.isin(events.STANDARD_EVENT_NAMES).fillna(False).to_numpy(dtype=bool)
+    ok = standard.copy()
+    others = np.flatnonzero(~standard & names.notna().to_numpy())
+    if len(others):
+        # standard names are nearly every row: the pattern runs on the few others only
+        values = names.to_numpy(dtype=object)[others]
+        ok[others] = [isinstance(v, str) and bool(_CUSTOM_EVENT_NAME.fullmatch(v)) for v in values]
+    return pd.Series(ok, index=names.index)
 
 
 def _text_column(column: str, *checks: pa.Check) -> pa.Column:
@@ -91,10 +100,15 @@ def _text_column(column: str, *checks: pa.Check) -> pa.Column:
 def _bounded(column: str, limit: int) -> pa.Column:
     return _text_column(
         column,
-        pa.Check.str_length(
-            max_value=limit, name=too_long_reason(column), error=too_long_reason(column)
+        column_check(
+            lambda values: within_length(values, limit), too_long_reason(column), max_value=limit
         ),
     )
+
+
+def _one_of(allowed: tuple[str, ...] | frozenset[str], reason: str) -> pa.Check:
+    values = sorted(allowed)
+    return column_check(lambda column: one_of(column, values), reason, allowed_values=values)
 
 
 def build_conversion_schema(max_event_age: timedelta) -> pa.DataFrameSchema:
@@ -115,17 +129,11 @@ def build_conversion_schema(max_event_age: timedelta) -> pa.DataFrameSchema:
         "received_at": pa.Column(events.TIMESTAMP_DTYPE, nullable=False),
         "source": _text_column(
             "source",
-            pa.Check.isin(
-                list(events.SOURCES), name=REASON_SOURCE_UNKNOWN, error=REASON_SOURCE_UNKNOWN
-            ),
+            _one_of(events.SOURCES, REASON_SOURCE_UNKNOWN),
         ),
         "action_source": _text_column(
             "action_source",
-            pa.Check.isin(
-                list(events.ACTION_SOURCES),
-                name=REASON_ACTION_SOURCE_UNKNOWN,
-                error=REASON_ACTION_SOURCE_UNKNOWN,
-            ),
+            _one_of(events.ACTION_SOURCES, REASON_ACTION_SOURCE_UNKNOWN),
         ),
         "value": pa.Column(
             "float64",
@@ -136,38 +144,35 @@ def build_conversion_schema(max_event_age: timedelta) -> pa.DataFrameSchema:
         **{
             c: _text_column(
                 c,
-                pa.Check.isin(
-                    list(events.CONSENT_VALUES), name=f"{c}_invalid", error=f"{c}_invalid"
-                ),
+                _one_of(events.CONSENT_VALUES, f"{c}_invalid"),
             )
             for c in ("consent_ad_user_data", "consent_ad_personalization")
         },
         **{
-            c: _text_column(
-                c, pa.Check.str_matches(_SHA256, name=f"{c}_not_sha256", error=f"{c}_not_sha256")
-            )
+            c: _text_column(c, column_check(is_sha256_hex, f"{c}_not_sha256", pattern=_SHA256))
             for c in events.HASHED_IDENTITY_COLUMNS
         },
     }
     max_age = pd.Timedelta(max_event_age)
     skew = pd.Timedelta(CLOCK_SKEW_ALLOWANCE)
     has_value = lambda df: df["value"].notna()  # noqa: E731
+    # Rows with a missing time or value pass these by construction (the column fails them).
     return pa.DataFrameSchema(
         columns,
         checks=[
-            pa.Check(
+            RowCheck(
                 lambda df: ~((df["received_at"] - df["event_time"]) > max_age),
                 name=REASON_TOO_OLD,
             ),
-            pa.Check(
+            RowCheck(
                 lambda df: ~((df["event_time"] - df["received_at"]) > skew),
                 name=REASON_AFTER_RECEIVED,
             ),
-            pa.Check(
+            RowCheck(
                 lambda df: ~(has_value(df) & df["currency"].isna()),
                 name=REASON_CURRENCY_MISSING,
             ),
-            pa.Check(
+            RowCheck(
                 lambda df: (
                     ~(
                         has_value(df)

@@ -9,10 +9,15 @@ Before the contract is checked, two repairs that never cost a conversion:
 
 The rows left failing the schema (`schema.build_conversion_schema`) are returned with
 their reasons, each a failed check's name, joined with `; ` in a fixed order.
+
+The valid frame returned is remembered as proven (by identity, while it lives), so a
+consumer about to check the same frame against the same contract, the Dagster type of
+the validated asset, can trust the proof instead of validating every row again.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,9 +33,9 @@ from conversion_platform.transform.schema import (
     build_conversion_schema,
     missing_reason,
 )
+from conversion_platform.transform.text_checks import is_sha256_hex
 
 REASON_SEPARATOR = "; "
-_SHA256 = r"[0-9a-f]{64}"
 #: Fields shown in a quarantined row's redacted content (none of them personal data).
 DESCRIBED_FIELDS: tuple[str, ...] = (
     "event_id",
@@ -45,6 +50,31 @@ DESCRIBED_FIELDS: tuple[str, ...] = (
     "dedupe_rule",
 )
 _DESCRIBE_LIMIT = 80
+#: Frames `validate_conversions` returned as valid: id -> (the frame, weakly; the maximum
+#: event age it was validated with; its shape and columns then).
+_PROVEN: dict[int, tuple[weakref.ReferenceType[pd.DataFrame], timedelta, tuple]] = {}
+
+
+def _fingerprint(frame: pd.DataFrame) -> tuple:
+    return (len(frame), tuple(frame.columns), tuple(str(t) for t in frame.dtypes))
+
+
+def _remember_proven(frame: pd.DataFrame, max_event_age: timedelta) -> None:
+    key = id(frame)
+    ref = weakref.ref(frame, lambda _ref, key=key: _PROVEN.pop(key, None))
+    _PROVEN[key] = (ref, max_event_age, _fingerprint(frame))
+
+
+def proven_valid(frame: object, max_event_age: timedelta) -> bool:
+    """True when `frame` is a valid frame `validate_conversions` returned, validated with a
+    maximum event age of at most `max_event_age` (so it meets that contract too), with the
+    same rows count, columns and dtypes as then. A frame changed in place after
+    validation is the caller's responsibility: the proof is for the object returned."""
+    entry = _PROVEN.get(id(frame))
+    if entry is None or entry[0]() is not frame:
+        return False
+    assert isinstance(frame, pd.DataFrame)
+    return entry[1] <= max_event_age and entry[2] == _fingerprint(frame)
 
 
 @dataclass
@@ -76,12 +106,11 @@ def drop_malformed_identifiers(frame: pd.DataFrame) -> tuple[pd.DataFrame, Count
     for column in events.HASHED_IDENTITY_COLUMNS:
         if column not in frame.columns:
             continue
-        values = frame[column].astype("string")
-        bad = values.notna() & ~values.str.fullmatch(_SHA256).fillna(False)
+        bad = ~is_sha256_hex(frame[column])
         if bad.any():
             if out is frame:
-                out = frame.copy()
-            out.loc[bad, column] = pd.NA
+                out = frame.copy(deep=False)  # the other columns are shared, never written
+            out[column] = frame[column].mask(bad)
             dropped[f"{column}_malformed"] += int(bad.sum())
     return out, dropped
 
@@ -127,20 +156,26 @@ def _reasons_by_row(failures: pd.DataFrame, n: int) -> pd.Series:
 
 def validate_conversions(frame: pd.DataFrame, max_event_age: timedelta) -> ValidationResult:
     """Split `frame` into valid and invalid rows with the pandera schema (lazy)."""
-    frame = frame.reset_index(drop=True)
+    if not frame.index.equals(pd.RangeIndex(len(frame))):
+        frame = frame.reset_index(drop=True)
     frame, dropped = drop_malformed_identifiers(frame)
     frame, clamped = clamp_client_clock_skew(frame)
     schema = build_conversion_schema(max_event_age)
     reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
     try:
-        schema.validate(frame, lazy=True)
+        # in place: the schema neither coerces nor fills, so pandera's copy of the frame
+        # would only cost time
+        schema.validate(frame, lazy=True, inplace=True)
     except pandera.errors.SchemaErrors as exc:
         reasons = _reasons_by_row(exc.failure_cases, len(frame))
     bad = reasons.notna().to_numpy()
     invalid = frame.loc[bad].copy()
     invalid["reasons"] = reasons[bad].astype("string")
+    valid = frame.take(np.flatnonzero(~bad))
+    valid.index = pd.RangeIndex(len(valid))  # a new frame already: renumbered, not copied
+    _remember_proven(valid, max_event_age)
     return ValidationResult(
-        valid=frame.loc[~bad].reset_index(drop=True),
+        valid=valid,
         invalid=invalid.reset_index(drop=True),
         clamped=clamped,
         dropped_identifiers=dropped,
