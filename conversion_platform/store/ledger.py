@@ -66,7 +66,7 @@ def fetch_neighbours(
     array read by `json_each`), so a million keys are one statement, not hundreds of
     `IN (...)` lists.
     """
-    keys = sorted(set(match_keys))
+    keys = list(dict.fromkeys(match_keys))
     if not keys:
         return _empty_rows()
     hour_us = to_micros(hour)
@@ -103,7 +103,8 @@ def _python_values(series: pd.Series, column: str) -> list:
     """Plain Python values (None for missing) that every driver binds."""
     if column in _INTEGER_COLUMNS:
         series = pd.to_numeric(series)
-        if series.dtype.kind in "iu":  # no missing values: numpy's tolist is the fastest path
+        if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iu":
+            # No missing values: numpy's tolist is the fastest path.
             return series.to_numpy(dtype=np.int64).tolist()
         series = series.astype("Int64")
     elif column == "value":
