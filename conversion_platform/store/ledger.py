@@ -72,6 +72,14 @@ def fetch_neighbours(
     hour_us = to_micros(hour)
     selected = ", ".join(LEDGER_COLUMNS)
     window = "hour_us >= :low AND hour_us <= :high AND hour_us != :hour"
+    bounds = {"low": hour_us - reach_us, "high": hour_us + reach_us, "hour": hour_us}
+    # No other hour in reach (the first hour, a fresh ledger): nothing to look up. The
+    # hour index answers this at once; the key lookup would read every key first.
+    anyone = conn.execute(
+        sa.text(f"SELECT 1 FROM {dedupe_ledger.name} WHERE {window} LIMIT 1"), bounds
+    ).first()
+    if anyone is None:
+        return _empty_rows()
     if conn.dialect.name == "postgresql":
         statement = sa.text(
             f"SELECT {selected} FROM {dedupe_ledger.name} "
@@ -84,10 +92,7 @@ def fetch_neighbours(
             f"WHERE match_key IN (SELECT value FROM json_each(:keys)) AND {window}"
         )
         parameter = orjson.dumps(keys).decode()
-    result = conn.execute(
-        statement,
-        {"keys": parameter, "low": hour_us - reach_us, "high": hour_us + reach_us, "hour": hour_us},
-    )
+    result = conn.execute(statement, {"keys": parameter, **bounds})
     rows = result.fetchall()
     if not rows:
         return _empty_rows()
