@@ -19,6 +19,8 @@ from datetime import datetime
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -121,15 +123,18 @@ def _python_values(series: pd.Series, column: str) -> list:
 
 
 def _key_order(rows: pd.DataFrame) -> np.ndarray:
-    """Positions of `rows` in primary-key order (match_key, hour_us, dedupe_key).
+    """Positions of `rows` in the primary key's order (match key, then hour).
 
     Inserting in the index's own order writes each B-tree page once instead of touching
     a random page per row: on SQLite seven times fewer CPU seconds for a 100,000-key hour.
+    Arrow sorts the keys (a third of pandas' sorted factorize); the order only speeds the
+    insert up, so the rare rows sharing a match key and hour stay as they come.
     """
-    match_codes, _ = pd.factorize(rows["match_key"].astype("string"), sort=True)
-    dedupe_codes, _ = pd.factorize(rows["dedupe_key"].astype("string"), sort=True)
-    hours = pd.to_numeric(rows["hour_us"]).to_numpy(dtype=np.int64)
-    return np.lexsort((dedupe_codes, hours, match_codes))
+    keys = pa.array(rows["match_key"].to_numpy(dtype=object, na_value=None), type=pa.string())
+    hours = pa.array(pd.to_numeric(rows["hour_us"]).to_numpy(dtype=np.int64))
+    table = pa.table({"match_key": keys, "hour_us": hours})
+    order = pc.sort_indices(table, sort_keys=[("match_key", "ascending"), ("hour_us", "ascending")])
+    return order.to_numpy()
 
 
 def insert_claims(conn: Connection, rows: pd.DataFrame) -> int:
