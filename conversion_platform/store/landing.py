@@ -150,7 +150,7 @@ def _column_frame(names: list[str], chunks: list[np.ndarray]) -> pd.DataFrame:
         else:
             # Text: the model's nullable string dtype, straight from the driver's str/None.
             out[name] = pd.array(values, dtype=events.STRING_DTYPE)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, copy=False)
 
 
 def read_landing_events(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -65,12 +68,20 @@ def fetch_neighbours(
     array read by `json_each`), so a million keys are one statement, not hundreds of
     `IN (...)` lists.
     """
-    keys = sorted(set(match_keys))
+    keys = list(dict.fromkeys(match_keys))
     if not keys:
         return _empty_rows()
     hour_us = to_micros(hour)
     selected = ", ".join(LEDGER_COLUMNS)
     window = "hour_us >= :low AND hour_us <= :high AND hour_us != :hour"
+    bounds = {"low": hour_us - reach_us, "high": hour_us + reach_us, "hour": hour_us}
+    # No other hour in reach (the first hour, a fresh ledger): nothing to look up. The
+    # hour index answers this at once; the key lookup would read every key first.
+    anyone = conn.execute(
+        sa.text(f"SELECT 1 FROM {dedupe_ledger.name} WHERE {window} LIMIT 1"), bounds
+    ).first()
+    if anyone is None:
+        return _empty_rows()
     if conn.dialect.name == "postgresql":
         statement = sa.text(
             f"SELECT {selected} FROM {dedupe_ledger.name} "
@@ -83,10 +94,7 @@ def fetch_neighbours(
             f"WHERE match_key IN (SELECT value FROM json_each(:keys)) AND {window}"
         )
         parameter = orjson.dumps(keys).decode()
-    result = conn.execute(
-        statement,
-        {"keys": parameter, "low": hour_us - reach_us, "high": hour_us + reach_us, "hour": hour_us},
-    )
+    result = conn.execute(statement, {"keys": parameter, **bounds})
     rows = result.fetchall()
     if not rows:
         return _empty_rows()
@@ -101,27 +109,61 @@ _INTEGER_COLUMNS = frozenset(
 def _python_values(series: pd.Series, column: str) -> list:
     """Plain Python values (None for missing) that every driver binds."""
     if column in _INTEGER_COLUMNS:
-        series = pd.to_numeric(series).astype("Int64")
+        series = pd.to_numeric(series)
+        if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iu":
+            # No missing values: numpy's tolist is the fastest path.
+            return series.to_numpy(dtype=np.int64).tolist()
+        series = series.astype("Int64")
     elif column == "value":
-        series = pd.to_numeric(series).astype("float64")
+        values = pd.to_numeric(series).to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.where(np.isnan(values), None, values).tolist()
     else:
         series = series.astype("string")
-    return series.astype(object).where(series.notna(), None).tolist()
+    return series.to_numpy(dtype=object, na_value=None).tolist()
+
+
+def _key_order(rows: pd.DataFrame) -> np.ndarray:
+    """Positions of `rows` in the primary key's order (match key, then hour).
+
+    Inserting in the index's own order writes each B-tree page once instead of touching
+    a random page per row: on SQLite seven times fewer CPU seconds for a 100,000-key hour.
+    Arrow sorts the keys (a third of pandas' sorted factorize); the order only speeds the
+    insert up, so the rare rows sharing a match key and hour stay as they come.
+    """
+    keys = pa.array(rows["match_key"].to_numpy(dtype=object, na_value=None), type=pa.string())
+    hours = pa.array(pd.to_numeric(rows["hour_us"]).to_numpy(dtype=np.int64))
+    table = pa.table({"match_key": keys, "hour_us": hours})
+    order = pc.sort_indices(table, sort_keys=[("match_key", "ascending"), ("hour_us", "ascending")])
+    return order.to_numpy()
 
 
 def insert_claims(conn: Connection, rows: pd.DataFrame) -> int:
     """Insert the hour's rows (columns `LEDGER_COLUMNS`) in the caller's transaction.
 
-    Straight to the driver's `executemany` with plain tuples: an hour can claim a million
-    keys, and per-row parameter processing would cost more than the insert itself.
+    Straight to the driver with plain tuples, built column by column and in primary-key
+    order: an hour can claim a million keys, and per-row parameter processing would cost
+    more than the insert itself. PostgreSQL (psycopg 3) gets COPY; others `executemany`.
     """
     if rows.empty:
         return 0
+    rows = rows.iloc[_key_order(rows)]
     columns = [*LEDGER_COLUMNS, "recorded_at_us"]
     values = [_python_values(rows[c], c) for c in LEDGER_COLUMNS]
     values.append([now_micros()] * len(rows))
     records = list(zip(*values, strict=True))
-    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    dialect = conn.dialect
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(
+                f"COPY {dedupe_ledger.name} ({', '.join(columns)}) FROM STDIN"
+            ) as copy:
+                for record in records:
+                    copy.write_row(record)
+        finally:
+            cursor.close()
+        return len(records)
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
     statement = (
         f"INSERT INTO {dedupe_ledger.name} ({', '.join(columns)}) "
         f"VALUES ({', '.join([marker] * len(columns))})"

@@ -79,110 +79,269 @@ _CONSENT_RANK = {events.CONSENT_UNKNOWN: 0, events.CONSENT_GRANTED: 1, events.CO
 _CONSENT_BY_RANK = np.array(
     [events.CONSENT_UNKNOWN, events.CONSENT_GRANTED, events.CONSENT_DENIED], dtype=object
 )
-_GROUP = "_conversion"
+
+_NAT = np.iinfo(np.int64).min
+_LAST = np.iinfo(np.int64).max
+#: The stage's own columns of a keyed copy (`dedupe_keys.KeyedCopies.frame`).
+_KEYED_COLUMNS: tuple[str, ...] = (
+    *events.CANONICAL_COLUMNS,
+    "dedupe_key",
+    "dedupe_rule",
+    "conversion_event_id",
+)
+#: Columns whose merged value is the first present one in the rows' own order.
+_AS_RECEIVED_COLUMNS: tuple[str, ...] = (
+    events.HOUR_COLUMN,
+    "dedupe_key",
+    "dedupe_rule",
+    "conversion_event_id",
+    "event_name",
+)
 
 
-def _plausible_times(frame: pd.DataFrame, max_event_age: timedelta) -> pd.Series:
+def _nanos(values: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch of a UTC time column (NaT: int64's minimum)."""
+    return values.to_numpy(dtype="datetime64[ns]").view(np.int64)
+
+
+def _nat_last(nanos: np.ndarray) -> np.ndarray:
+    """Sort keys that put missing times last, as `sort_values` does."""
+    return np.where(nanos == _NAT, _LAST, nanos)
+
+
+def _plausible(
+    received: np.ndarray, event_time: np.ndarray, max_event_age: timedelta
+) -> np.ndarray:
     """True where a copy's event time is plausible relative to when it was received."""
-    lag = frame["received_at"] - frame["event_time"]
-    return (
-        (lag <= pd.Timedelta(max_event_age)) & (lag >= -pd.Timedelta(CLOCK_SKEW_ALLOWANCE))
-    ).fillna(False)
+    known = (received != _NAT) & (event_time != _NAT)
+    lag = np.where(known, received - event_time, 0)
+    oldest = pd.Timedelta(max_event_age).value
+    skew = pd.Timedelta(CLOCK_SKEW_ALLOWANCE).value
+    return known & (lag <= oldest) & (lag >= -skew)
 
 
-def _ordered(copies: pd.DataFrame, rank: dict[str, int], columns: list[str]) -> pd.DataFrame:
-    """`columns` of the copies, ordered per conversion by path rank, then deterministically."""
-    ranks = copies["source"].astype("object").map(rank).fillna(9).astype("int64")
-    keys = [_GROUP, "_rank", "received_at", "event_time", "_content"]
-    subset = copies[[c for c in dict.fromkeys([*keys[:1], *keys[2:], *columns])]]
-    return subset.assign(_rank=ranks.to_numpy()).sort_values(keys, kind="stable")
+def _first_present(
+    order: np.ndarray, groups: np.ndarray, present: np.ndarray, count: int
+) -> np.ndarray:
+    """Per group, the row of the first present value in `order` (-1 when none is).
+
+    `order` lists rows grouped by group (ascending), each group's rows in priority order.
+    """
+    rows = order[present[order]]
+    out = np.full(count, -1, dtype=np.int64)
+    if len(rows):
+        of = groups[rows]
+        first = np.empty(len(rows), dtype=bool)
+        first[0] = True
+        np.not_equal(of[1:], of[:-1], out=first[1:])
+        out[of[first]] = rows[first]
+    return out
 
 
-def _first_rows(ordered: pd.DataFrame) -> pd.Series:
-    return ordered.drop_duplicates(_GROUP).set_index(_GROUP)["_row"]
+def _content_hashes(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Per row, a hash of the copy's content where `rows` says so (0 elsewhere): the last
+    tie-breaker, needed only among copies of one conversion received at the same moment."""
+    out = np.zeros(len(frame), dtype=np.uint64)
+    if len(rows):
+        columns = [c for c in events.STORED_COLUMNS if c in frame.columns]
+        out[rows] = pd.util.hash_pandas_object(frame.iloc[rows][columns], index=False).to_numpy()
+    return out
 
 
-def _merge_groups(copies: pd.DataFrame, max_event_age: timedelta) -> pd.DataFrame:
-    """One row per `_conversion` of `copies` (every group has two or more copies)."""
-    copies = copies.assign(
-        _row=np.arange(len(copies)),
-        _content=pd.util.hash_pandas_object(
-            copies[list(events.STORED_COLUMNS)], index=False
-        ).to_numpy(),
-    )
-    server_first = _ordered(copies, _SERVER_RANK, [*SERVER_FIRST_COLUMNS, "value", "_row"])
-    browser_first = _ordered(copies, _BROWSER_RANK, list(BROWSER_FIRST_COLUMNS))
-    by_server = server_first.groupby(_GROUP, sort=True)
-    by_browser = browser_first.groupby(_GROUP, sort=True)
+def _tied(groups: np.ndarray, received: np.ndarray, event_time: np.ndarray) -> np.ndarray:
+    """Rows sharing group, time received and event time with another row."""
+    order = np.lexsort((event_time, received, groups))
+    g, r, e = groups[order], received[order], event_time[order]
+    same = (g[1:] == g[:-1]) & (r[1:] == r[:-1]) & (e[1:] == e[:-1])
+    tied = np.zeros(len(order), dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    return np.sort(order[tied])
 
-    parts: list[pd.DataFrame | pd.Series] = [
-        copies.groupby(_GROUP, sort=True)[
-            [events.HOUR_COLUMN, "dedupe_key", "dedupe_rule", "conversion_event_id", "event_name"]
-        ].first(),
-        by_server[list(SERVER_FIRST_COLUMNS)].first(),
-        by_browser[list(BROWSER_FIRST_COLUMNS)].first(),
-    ]
+
+def _rank_of(values: np.ndarray, rank: dict[str, int], other: int) -> np.ndarray:
+    """Per value its rank (`other` for missing or unlisted values)."""
+    ranks = np.full(len(values), other, dtype=np.int64)
+    for name, value in rank.items():
+        ranks[values == name] = value
+    return ranks
+
+
+def _merge_groups(
+    frame: pd.DataFrame, groups: np.ndarray, count: int, max_event_age: timedelta
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """What the one row of each group (0..count-1) of two or more copies holds.
+
+    Returns (per column, the row of `frame` each group's value comes from, -1 for none;
+    per column, values computed for the group; the group's copy count). All on integer
+    arrays: the copies are ordered per group by path rank, time received, event time and
+    content, and the first present value of each column is taken.
+    """
+    source = frame["source"].to_numpy(dtype=object, na_value=None)
+    received = _nanos(frame["received_at"])
+    event_time = _nanos(frame["event_time"])
+    received_key, event_key = _nat_last(received), _nat_last(event_time)
+    content = _content_hashes(frame, _tied(groups, received_key, event_key))
+
+    def ordered(rank: dict[str, int]) -> np.ndarray:
+        ranks = _rank_of(source, rank, 9)
+        return np.lexsort((content, event_key, received_key, ranks, groups))
+
+    def firsts(order: np.ndarray, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+        return {
+            c: _first_present(order, groups, frame[c].notna().to_numpy(), count) for c in columns
+        }
+
+    rows: dict[str, np.ndarray] = {}
+    as_received = np.argsort(groups, kind="stable")
+    rows.update(firsts(as_received, _AS_RECEIVED_COLUMNS))
+    server_first = ordered(_SERVER_RANK)
+    rows.update(firsts(server_first, SERVER_FIRST_COLUMNS))
+    rows.update(firsts(ordered(_BROWSER_RANK), BROWSER_FIRST_COLUMNS))
 
     # Money travels as one unit: value, currency, verification and items of one copy.
-    first_any = _first_rows(server_first)
-    first_valued = _first_rows(server_first[server_first["value"].notna()])
-    money_rows = first_valued.reindex(first_any.index).fillna(first_any).astype("int64")
-    money = copies.iloc[money_rows.to_numpy()][[*MONEY_COLUMNS, "source"]]
-    money.index = money_rows.index
-    parts.append(money)
+    everything = np.ones(len(frame), dtype=bool)
+    first_any = _first_present(server_first, groups, everything, count)
+    first_valued = _first_present(server_first, groups, frame["value"].notna().to_numpy(), count)
+    money = np.where(first_valued >= 0, first_valued, first_any)
+    for column in (*MONEY_COLUMNS, "source"):
+        rows[column] = money
 
-    plausible = _plausible_times(copies, max_event_age)
-    all_times = copies.groupby(_GROUP, sort=True)["event_time"].min()
-    plausible_times = copies.loc[plausible].groupby(_GROUP, sort=True)["event_time"].min()
-    parts.append(plausible_times.reindex(all_times.index).fillna(all_times).rename("event_time"))
-    parts.append(copies.groupby(_GROUP, sort=True)["received_at"].min())
-
-    for column in CONSENT_COLUMNS:
-        ranks = copies[column].astype("object").map(_CONSENT_RANK).fillna(0).astype("int64")
-        strictest = ranks.groupby(copies[_GROUP], sort=True).max()
-        parts.append(
-            pd.Series(_CONSENT_BY_RANK[strictest.to_numpy()], index=strictest.index, name=column)
-        )
-
-    flags = pd.DataFrame(
-        {s: (copies["source"] == s).fillna(False).to_numpy() for s in events.SOURCES},
-        index=copies[_GROUP].to_numpy(),
+    # The earliest plausible event time; the earliest of all when none is plausible.
+    implausible = ~_plausible(received, event_time, max_event_age)
+    rows["event_time"] = _first_present(
+        np.lexsort((event_key, implausible, groups)), groups, everything, count
     )
-    seen = flags.groupby(level=0, sort=True).max()
-    sources = pd.Series("", index=seen.index, dtype=object)
-    for source in events.SOURCES:
-        sources = sources.where(~seen[source], sources + "," + source)
-    parts.append(sources.str.lstrip(",").rename("sources"))
-    parts.append(copies.groupby(_GROUP, sort=True).size().rename("copies"))
+    rows["received_at"] = _first_present(
+        np.lexsort((received_key, groups)), groups, everything, count
+    )
 
-    merged = pd.concat(parts, axis=1)
-    merged["event_id"] = merged.pop("conversion_event_id")
-    return merged.reset_index(drop=True)
+    computed: dict[str, np.ndarray] = {}
+    for column in CONSENT_COLUMNS:
+        values = frame[column].to_numpy(dtype=object, na_value=None)
+        strictest = np.zeros(count, dtype=np.int64)
+        np.maximum.at(strictest, groups, _rank_of(values, _CONSENT_RANK, 0))
+        computed[column] = _CONSENT_BY_RANK[strictest]
+
+    # Every path that saw it, in the fixed order pixel, server, log.
+    seen = np.zeros(count, dtype=np.int64)
+    for bit, name in enumerate(events.SOURCES):
+        seen[groups[source == name]] |= 1 << bit
+    combinations = np.array(
+        [
+            ",".join(name for bit, name in enumerate(events.SOURCES) if code >> bit & 1)
+            for code in range(1 << len(events.SOURCES))
+        ],
+        dtype=object,
+    )
+    computed["sources"] = combinations[seen]
+    return rows, computed, np.bincount(groups, minlength=count)
+
+
+def _group_codes(keyed: pd.DataFrame) -> tuple[np.ndarray, int]:
+    """A code per distinct (hour, dedupe_key), numbered in order of first appearance."""
+    hour_codes, hours = pd.factorize(keyed[events.HOUR_COLUMN], use_na_sentinel=False)
+    key_codes, keys = pd.factorize(keyed["dedupe_key"], use_na_sentinel=False)
+    if len(hours) <= 1:
+        return key_codes.astype(np.int64), len(keys)
+    codes, uniques = pd.factorize(hour_codes.astype(np.int64) * len(keys) + key_codes)
+    return codes.astype(np.int64), len(uniques)
+
+
+def _output_order(
+    hour: np.ndarray, received: np.ndarray, event_id: pd.Series, dedupe_key: pd.Series
+) -> np.ndarray:
+    """Positions in (hour, received_at, event_id, dedupe_key) order, stable, missing last.
+
+    Texts are compared only where hour and time received tie (rare): sorting every
+    event id and key as text would cost more than the rest of the merge.
+    """
+    hour, received = _nat_last(hour), _nat_last(received)
+    order = np.lexsort((received, hour))
+    h, r = hour[order], received[order]
+    same = (h[1:] == h[:-1]) & (r[1:] == r[:-1])
+    if not same.any():
+        return order
+    tied = np.zeros(len(order), dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    spots = np.flatnonzero(tied)
+    rows = order[spots]
+    run = np.cumsum(np.r_[True, ~same])[spots]
+
+    def text_rank(values: pd.Series) -> np.ndarray:
+        codes, _ = pd.factorize(values.iloc[rows], sort=True)
+        return np.where(codes < 0, len(rows), codes)
+
+    within = np.lexsort((spots, text_rank(dedupe_key), text_rank(event_id), run))
+    order[spots] = rows[within]
+    return order
 
 
 def merge_copies(
     keyed: pd.DataFrame, max_event_age: timedelta = DEFAULT_MAX_EVENT_AGE
 ) -> pd.DataFrame:
-    """One row per (hour, dedupe_key) of copies whose keys are assigned."""
+    """One row per (hour, dedupe_key) of copies whose keys are assigned.
+
+    Every output column is one `take` from the copies: per output row, the copy its value
+    comes from (a single copy's own row; for merged copies, the row each policy picks).
+    """
     if keyed.empty:
         return events.empty_frame(DEDUPED_COLUMNS)
-    keyed = keyed.reset_index(drop=True)  # a new frame: adding a column leaves the caller's alone
-    keyed[_GROUP] = keyed.groupby([events.HOUR_COLUMN, "dedupe_key"], sort=False).ngroup()
-    sizes = keyed.groupby(_GROUP, sort=False)[_GROUP].transform("size")
-    single = (sizes == 1).to_numpy()
-    singles = keyed.loc[single].copy()
-    singles["sources"] = singles["source"].astype("string")
-    singles["copies"] = 1
-    singles["event_id"] = singles["conversion_event_id"]
-    frames = [singles]
-    if not single.all():
-        frames.append(_merge_groups(keyed.loc[~single], max_event_age))
-    merged = pd.concat(frames, ignore_index=True) if len(frames) > 1 else singles
-    merged = events.conform(merged, DEDUPED_COLUMNS)
-    merged = merged.sort_values(
-        [events.HOUR_COLUMN, "received_at", "event_id", "dedupe_key"], kind="stable"
+    keyed = conformed(keyed, _KEYED_COLUMNS)
+    groups, count = _group_codes(keyed)
+    sizes = np.bincount(groups, minlength=count)
+    single = sizes[groups] == 1
+    single_rows = np.flatnonzero(single)
+    multi_rows = np.flatnonzero(~single)
+    # Merged groups renumbered 0..k-1 in order of first appearance (as the former groupby).
+    multi_codes, multi_groups = pd.factorize(groups[multi_rows])
+    picked, computed, copies = _merge_groups(
+        keyed.iloc[multi_rows].reset_index(drop=True),
+        multi_codes.astype(np.int64),
+        len(multi_groups),
+        max_event_age,
     )
-    return merged.reset_index(drop=True)
+    n_single = len(single_rows)
+
+    def rows_of(column: str) -> np.ndarray:
+        """Per output row (singles, then merged groups), the copy its `column` comes from."""
+        merged = picked[column]
+        return np.concatenate([single_rows, np.where(merged >= 0, multi_rows[merged], -1)])
+
+    source_column = {"event_id": "conversion_event_id"}
+    index_of = {c: rows_of(source_column.get(c, c)) for c in (*picked, "event_id")}
+    hour = _nanos(keyed[events.HOUR_COLUMN])
+    received = _nanos(keyed["received_at"])
+
+    def at_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.where(rows >= 0, values[rows], _NAT)
+
+    event_id = keyed["conversion_event_id"].array.take(index_of["event_id"], allow_fill=True)
+    dedupe_key = keyed["dedupe_key"].array.take(index_of["dedupe_key"], allow_fill=True)
+    order = _output_order(
+        at_rows(hour, index_of[events.HOUR_COLUMN]),
+        at_rows(received, index_of["received_at"]),
+        pd.Series(event_id),
+        pd.Series(dedupe_key),
+    )
+
+    out: dict[str, object] = {}
+    dtypes = events.column_dtypes(DEDUPED_COLUMNS)
+    for column in DEDUPED_COLUMNS:
+        if column in index_of:
+            source = keyed[source_column.get(column, column)].array
+            out[column] = source.take(index_of[column][order], allow_fill=True)
+        elif column == "copies":
+            counts = np.concatenate([np.ones(n_single, dtype=np.int64), copies])
+            out[column] = counts[order]
+        else:
+            single_values = (keyed["source"] if column == "sources" else keyed[column]).to_numpy(
+                dtype=object, na_value=pd.NA
+            )[single_rows]
+            values = np.concatenate([single_values, computed[column]])[order]
+            out[column] = pd.array(values, dtype=dtypes[column])
+    return pd.DataFrame(out, columns=list(DEDUPED_COLUMNS), copy=False)
 
 
 def conformed(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:

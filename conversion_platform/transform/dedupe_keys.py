@@ -155,8 +155,9 @@ def _largest_per_group(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
 def _distinct_per_group(groups: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Per row, how many distinct non-negative codes its group holds."""
     present = codes >= 0
-    pairs = np.unique(np.stack([groups[present], codes[present]], axis=1), axis=0)
-    counts = np.bincount(pairs[:, 0], minlength=int(groups.max()) + 1 if len(groups) else 0)
+    width = int(codes.max()) + 1 if present.any() else 1
+    pairs = np.unique(groups[present].astype(np.int64) * width + codes[present])
+    counts = np.bincount(pairs // width, minlength=int(groups.max()) + 1 if len(groups) else 0)
     return counts[groups]
 
 
@@ -164,6 +165,22 @@ def _text_at(texts: pd.Index | np.ndarray, codes: np.ndarray) -> np.ndarray:
     """The text of each code (NA for -1)."""
     table = np.append(np.asarray(texts, dtype=object), pd.NA)
     return table[np.where(codes < 0, len(table) - 1, codes)]
+
+
+def _smallest_texts(groups: np.ndarray, values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(code of each row's text, -1 for NA; per row, the smallest text of its group, NA
+    when it has none).
+
+    Texts are sorted only in groups holding two or more distinct ones (an order seen
+    under several event ids, say): elsewhere the group's one text is its smallest.
+    """
+    codes, texts = pd.factorize(values)
+    smallest = _text_at(texts, _smallest_per_group(groups, codes))
+    ambiguous = np.flatnonzero(_distinct_per_group(groups, codes) > 1)
+    if len(ambiguous):
+        sub_codes, sub_texts = pd.factorize(values.iloc[ambiguous], sort=True)
+        smallest[ambiguous] = _text_at(sub_texts, _smallest_per_group(groups[ambiguous], sub_codes))
+    return codes, smallest
 
 
 def _connected_labels(codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
@@ -252,17 +269,12 @@ def assign_dedupe_keys(
         orders = order_key.iloc[idx].reset_index(drop=True)
         component = _connected_labels(_group_codes(sub_hours, ids), _group_codes(sub_hours, orders))
         # Per component, on integer codes (pandas' string min/nunique run per group in Python).
-        id_codes, id_texts = pd.factorize(ids, sort=True)
-        order_codes, order_texts = pd.factorize(orders, sort=True)
-        sender_codes, sender_texts = pd.factorize(
-            sender.iloc[idx].reset_index(drop=True), sort=True
-        )
+        id_codes, first_id = _smallest_texts(component, ids)
+        _, first_order = _smallest_texts(component, orders)
+        _, first_sender = _smallest_texts(component, sender.iloc[idx].reset_index(drop=True))
         distinct_ids = _distinct_per_group(component, id_codes)
         all_have_id = _largest_per_group(component, (id_codes < 0).astype(np.int64)) == 0
         by_event_id = (distinct_ids == 1) & all_have_id
-        first_id = _text_at(id_texts, _smallest_per_group(component, id_codes))
-        first_order = _text_at(order_texts, _smallest_per_group(component, order_codes))
-        first_sender = _text_at(sender_texts, _smallest_per_group(component, sender_codes))
         key = pd.Series(np.where(by_event_id, first_id, first_order), dtype="string")
         rule[idx] = np.where(by_event_id, RULE_EVENT_ID, RULE_ORDER_ID)
         dedupe_key.iloc[idx] = key.to_numpy()
