@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pandas as pd
+import pytest
 from sqlalchemy.engine import Engine
 
 from conversion_platform import events
 from conversion_platform.operations.dead_letters import dead_letter_rejected
 from conversion_platform.operations.delivery_report import hour_delivery_report
+from conversion_platform.settings import Settings
 from conversion_platform.store import delivery_log as log
+from conversion_platform.store.database import create_database_engine
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Engine]:
+    """The platform's database: SQLite, and PostgreSQL when the test server is configured."""
+    url = settings.db_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    engine = create_database_engine(url)
+    yield engine
+    engine.dispose()
+
 
 HOUR = datetime(2026, 11, 29, 10, tzinfo=UTC)
 OTHER_HOUR = datetime(2026, 11, 29, 11, tzinfo=UTC)
@@ -25,8 +39,8 @@ def _outcomes(
     ]
 
 
-def test_figures_per_destination_from_the_log(engine: Engine) -> None:
-    with engine.begin() as conn:
+def test_figures_per_destination_from_the_log(store: Engine) -> None:
+    with store.begin() as conn:
         log.record_event_outcomes(
             conn,
             "meta",
@@ -44,7 +58,7 @@ def test_figures_per_destination_from_the_log(engine: Engine) -> None:
         # Another hour's outcomes are not this hour's.
         log.record_event_outcomes(conn, "meta", OTHER_HOUR, _outcomes("o", 5, log.EVENT_DELIVERED))
 
-    assert dead_letter_rejected(engine, "meta", [HOUR]) == 3
+    assert dead_letter_rejected(store, "meta", [HOUR]) == 3
 
     # d0-d2 only the backend saw (the pixel missed them); d3-d5 the pixel saw too.
     conversions = pd.DataFrame(
@@ -56,7 +70,7 @@ def test_figures_per_destination_from_the_log(engine: Engine) -> None:
     )
     reports = {
         r.destination: r
-        for r in hour_delivery_report(engine, HOUR, ["meta", "tiktok", "snapchat"], conversions)
+        for r in hour_delivery_report(store, HOUR, ["meta", "tiktok", "snapchat"], conversions)
     }
 
     assert list(reports) == ["meta", "tiktok", "snapchat"]
@@ -81,10 +95,10 @@ def test_figures_per_destination_from_the_log(engine: Engine) -> None:
     assert snapchat["eligible"] == 0 and snapchat["server_recovered_share"] == 0.0
 
 
-def test_without_the_sources_column_no_conversion_counts_as_server_only(engine: Engine) -> None:
-    with engine.begin() as conn:
+def test_without_the_sources_column_no_conversion_counts_as_server_only(store: Engine) -> None:
+    with store.begin() as conn:
         log.record_event_outcomes(conn, "meta", HOUR, _outcomes("d", 2, log.EVENT_DELIVERED))
     frame = pd.DataFrame({"event_id": ["d0", "d1"]})
-    (meta,) = hour_delivery_report(engine, HOUR, ["meta"], frame)
+    (meta,) = hour_delivery_report(store, HOUR, ["meta"], frame)
     assert meta.figures["delivered"] == 2
     assert meta.figures["server_only"] == 0

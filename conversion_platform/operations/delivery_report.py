@@ -8,13 +8,14 @@ them: ad blockers, closed tabs, consent banners), which is what the platform is 
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from conversion_platform import events
 from conversion_platform.operations.circuits import read_circuits
@@ -75,6 +76,51 @@ def _server_only(sources: pd.Series) -> pd.Series:
 CONVERSION_COLUMNS = (events.HOUR_COLUMN, "event_id", "sources")
 
 
+def _logged_destinations(conn: Connection) -> list[str]:
+    """Every destination named in the delivery log, read by skipping along its index (one
+    seek per destination, not a scan of its rows)."""
+    column = delivery_events.c.destination
+    step = sa.select(sa.func.min(column)).scalar_subquery()
+    names = sa.select(step.label("name")).cte("names", recursive=True)
+    following = (
+        sa.select(column).where(column > names.c.name).order_by(column).limit(1).scalar_subquery()
+    )
+    names = names.union_all(sa.select(following).where(names.c.name.is_not(None)))
+    return [r[0] for r in conn.execute(sa.select(names.c.name).where(names.c.name.is_not(None)))]
+
+
+def _count_sent(
+    conn: Connection, sent: sa.ColumnElement[bool], event_ids: list[str]
+) -> dict[str, int]:
+    """Per destination, how many of `event_ids` match `sent` (through a temporary table of
+    the ids, joined on the log's primary key)."""
+    table = sa.Table(
+        f"report_ids_{uuid.uuid4().hex[:12]}",
+        sa.MetaData(),
+        sa.Column("event_id", sa.Text, primary_key=True),
+        prefixes=["TEMPORARY"],
+    )
+    table.create(conn)
+    placeholder = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    insert = f"INSERT INTO {table.name} (event_id) VALUES ({placeholder})"
+    try:
+        # In key order (each B-tree page written once), as plain driver tuples.
+        ordered = sorted(event_ids)
+        for i in range(0, len(ordered), 50_000):
+            conn.exec_driver_sql(insert, [(e,) for e in ordered[i : i + 50_000]])
+        rows = conn.execute(
+            sa.select(delivery_events.c.destination, sa.func.count())
+            .select_from(
+                delivery_events.join(table, table.c.event_id == delivery_events.c.event_id)
+            )
+            .where(sent)
+            .group_by(delivery_events.c.destination)
+        ).fetchall()
+    finally:
+        table.drop(conn)
+    return {str(name): int(n) for name, n in rows}
+
+
 def hour_delivery_report(
     engine: Engine, hour: datetime, destinations: list[str], conversions: pd.DataFrame
 ) -> list[DestinationHourReport]:
@@ -82,7 +128,15 @@ def hour_delivery_report(
     hour_us = to_micros(hour)
     outcomes = delivery_events.c
     sent_ok_statuses = (*DELIVERED_STATUSES, log.EVENT_DRY_RUN)
-    with engine.connect() as conn:
+    server_only_ids: list[str] = []
+    if len(conversions) and "sources" in conversions.columns:
+        flags = _server_only(conversions["sources"]).to_numpy()
+        server_only_ids = conversions.loc[flags, "event_id"].astype(str).unique().tolist()
+    with engine.begin() as conn:
+        # Every query names the destinations, so each is a seek on the log's
+        # (destination, hour) index rather than a scan of every hour's outcomes.
+        known = sorted({*destinations, *_logged_destinations(conn)})
+        in_hour = sa.and_(outcomes.destination.in_(known), outcomes.hour_us == hour_us)
         # Counted by the database: an hour of a million conversions is millions of
         # outcome rows, of which the report needs the totals.
         rejected_reason = sa.case(
@@ -96,21 +150,18 @@ def hour_delivery_report(
                     rejected_reason.label("reason"),
                     sa.func.count().label("events"),
                 )
-                .where(outcomes.hour_us == hour_us)
+                .where(in_hour)
                 .group_by(outcomes.destination, outcomes.status, rejected_reason)
             ).fetchall(),
             columns=["destination", "status", "reason", "events"],
         )
         dead = pd.DataFrame(
             conn.execute(
-                sa.select(
-                    dead_letters.c.destination,
-                    dead_letters.c.event_id,
-                    dead_letters.c.kind,
-                    dead_letters.c.reason,
-                ).where(dead_letters.c.hour_us == hour_us)
+                sa.select(dead_letters.c.destination, dead_letters.c.kind, sa.func.count())
+                .where(dead_letters.c.hour_us == hour_us)
+                .group_by(dead_letters.c.destination, dead_letters.c.kind)
             ).fetchall(),
-            columns=["destination", "event_id", "kind", "reason"],
+            columns=["destination", "kind", "events"],
         )
         retries = {
             r.destination: r
@@ -118,25 +169,13 @@ def hour_delivery_report(
                 sa.select(delivery_retries).where(delivery_retries.c.hour_us == hour_us)
             )
         }
-        server_only_ids: pd.Series = pd.Series([], dtype=object)
-        if len(conversions) and "sources" in conversions.columns:
-            flags = _server_only(conversions["sources"]).to_numpy()
-            server_only_ids = conversions.loc[flags, "event_id"].astype(str)
-        sent_ok = pd.DataFrame(
-            conn.execute(
-                sa.select(outcomes.destination, outcomes.event_id).where(
-                    outcomes.hour_us == hour_us, outcomes.status.in_(sent_ok_statuses)
-                )
-            ).fetchall()
-            if len(server_only_ids)
-            else [],
-            columns=["destination", "event_id"],
+        server_only_by_destination = (
+            _count_sent(
+                conn, sa.and_(in_hour, outcomes.status.in_(sent_ok_statuses)), server_only_ids
+            )
+            if server_only_ids
+            else {}
         )
-    server_only_by_destination = (
-        sent_ok.loc[sent_ok["event_id"].isin(server_only_ids), "destination"].value_counts()
-        if len(sent_ok)
-        else pd.Series(dtype="int64")
-    )
     circuits = read_circuits(engine)
 
     names = list(dict.fromkeys([*destinations, *sorted(set(counts["destination"]))]))
@@ -154,7 +193,7 @@ def hour_delivery_report(
             {str(r): int(n) for r, n in zip(permanent["reason"], permanent["events"], strict=True)}
         )
         sent = count(*sent_ok_statuses)
-        server_only = int(server_only_by_destination.get(name, 0))
+        server_only = server_only_by_destination.get(name, 0)
         figures: dict[str, float | int] = {
             "eligible": int(mine["events"].sum()) - count(log.EVENT_FILTERED),
             "delivered": count(*DELIVERED_STATUSES),
@@ -162,8 +201,10 @@ def hour_delivery_report(
             "rejected": int(sum(rejected_reasons.values())),
             "expired": count(log.EVENT_EXPIRED),
             "pending": count(log.EVENT_RETRYABLE),
-            "dead_lettered": len(mine_dead),
-            "retries_exhausted": int((mine_dead["kind"] == KIND_RETRIES_EXHAUSTED).sum()),
+            "dead_lettered": int(mine_dead["events"].sum()),
+            "retries_exhausted": int(
+                mine_dead.loc[mine_dead["kind"] == KIND_RETRIES_EXHAUSTED, "events"].sum()
+            ),
             "filtered_no_consent": count(log.EVENT_FILTERED),
             "server_only": server_only,
             "server_recovered_share": round(server_only / sent, 4) if sent else 0.0,
