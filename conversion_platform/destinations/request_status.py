@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+import orjson
 import requests
 from sqlalchemy.engine import Engine
 
@@ -101,6 +102,8 @@ def resolve_pending_requests(
                 response=text or reason,
                 event_status=event_status,
                 reason=reason,
+                destination=config.name,
+                event_ids=orjson.loads(row["event_ids"]) if row["event_ids"] else None,
             )
         polling.resolved += 1
         if event_status == log.EVENT_DELIVERED:

@@ -423,10 +423,15 @@ def resolve_pending_batch(
     response: str | None,
     event_status: str,
     reason: str | None,
+    destination: str | None = None,
+    event_ids: list[str] | None = None,
 ) -> int:
     """Record a request's final status: its row, and each of its events still pending.
 
     Returns how many events changed. Events re-sent or settled since are left alone.
+    Given the request's destination and event ids (its batch row holds them), its events
+    are found by the log's primary key; otherwise by a scan for `batch_id`, which costs a
+    pass over the whole log.
     """
     now = now_micros()
     conn.execute(
@@ -434,15 +439,32 @@ def resolve_pending_batch(
         .where(delivery_batches.c.id == batch_id)
         .values(status=batch_status, response=(response or "")[:4_000] or None, resolved_at_us=now)
     )
-    result = conn.execute(
-        delivery_events.update()
-        .where(
-            delivery_events.c.batch_id == batch_id,
-            delivery_events.c.status == EVENT_PENDING_STATUS,
-        )
-        .values(status=event_status, reason=(reason or "")[:1_000] or None, updated_at_us=now)
+    values = {
+        "status": event_status,
+        "reason": (reason or "")[:1_000] or None,
+        "updated_at_us": now,
+    }
+    pending = sa.and_(
+        delivery_events.c.batch_id == batch_id,
+        delivery_events.c.status == EVENT_PENDING_STATUS,
     )
-    return int(result.rowcount or 0)
+    if destination is None or event_ids is None:
+        return int(
+            conn.execute(delivery_events.update().where(pending).values(**values)).rowcount or 0
+        )
+    changed = 0
+    for i in range(0, len(event_ids), 1_000):
+        result = conn.execute(
+            delivery_events.update()
+            .where(
+                delivery_events.c.destination == destination,
+                delivery_events.c.event_id.in_(event_ids[i : i + 1_000]),
+                pending,
+            )
+            .values(**values)
+        )
+        changed += int(result.rowcount or 0)
+    return changed
 
 
 def event_rows(engine: Engine, destination: str) -> dict[str, dict[str, Any]]:
