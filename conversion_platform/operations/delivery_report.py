@@ -117,6 +117,7 @@ def _count_sent(
             )
             .where(sent)
             .group_by(delivery_events.c.destination)
+            .with_hint(delivery_events, f"INDEXED BY {_DESTINATION_HOUR_INDEX}", "sqlite")
         ).fetchall()
     finally:
         table.drop(conn)
