@@ -6,11 +6,12 @@ PostgreSQL is the production choice. Both are reached through SQLAlchemy 2.x Cor
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from conversion_platform.store import operations_tables  # noqa: F401  (registers its tables)
 from conversion_platform.store.tables import metadata
@@ -52,3 +53,20 @@ def engine_for(url: str) -> Engine:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def can_copy(conn: Connection) -> bool:
+    """True on PostgreSQL through psycopg 3, whose `COPY ... FROM STDIN` bulk-loads rows."""
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+
+def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    """Stream `rows` into `table` with `COPY ... FROM STDIN` (see `can_copy`), inside the
+    connection's transaction."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    finally:
+        cursor.close()

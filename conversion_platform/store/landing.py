@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from conversion_platform import events
+from conversion_platform.store.database import can_copy, copy_rows
 from conversion_platform.store.tables import landing_events
 from conversion_platform.store.timecodes import series_from_micros, series_to_micros, to_micros
 
@@ -91,14 +92,8 @@ def insert_landing_rows(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> in
         return 0
     names = ", ".join(LANDING_INSERT_COLUMNS)
     dialect = conn.dialect
-    if dialect.name == "postgresql" and dialect.driver == "psycopg":
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            with cursor.copy(f"COPY {landing_events.name} ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        finally:
-            cursor.close()
+    if can_copy(conn):
+        copy_rows(conn, landing_events.name, LANDING_INSERT_COLUMNS, rows)
         return len(rows)
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     one = "(" + ", ".join([mark] * len(LANDING_INSERT_COLUMNS)) + ")"

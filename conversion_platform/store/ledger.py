@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from conversion_platform.store.database import can_copy, copy_rows
 from conversion_platform.store.tables import dedupe_ledger
 from conversion_platform.store.timecodes import now_micros, to_micros
 
@@ -152,16 +153,8 @@ def insert_claims(conn: Connection, rows: pd.DataFrame) -> int:
     values.append([now_micros()] * len(rows))
     records = list(zip(*values, strict=True))
     dialect = conn.dialect
-    if dialect.name == "postgresql" and dialect.driver == "psycopg":
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            with cursor.copy(
-                f"COPY {dedupe_ledger.name} ({', '.join(columns)}) FROM STDIN"
-            ) as copy:
-                for record in records:
-                    copy.write_row(record)
-        finally:
-            cursor.close()
+    if can_copy(conn):
+        copy_rows(conn, dedupe_ledger.name, columns, records)
         return len(records)
     marker = "?" if dialect.paramstyle == "qmark" else "%s"
     statement = (
