@@ -73,9 +73,14 @@ def _server_only(sources: pd.Series) -> pd.Series:
 
 #: The columns of the hour's conversions the report reads (the delivery report asset
 #: loads only these from Parquet).
-_DESTINATION_HOUR_INDEX = "ix_delivery_events_dest_hour"
-
 CONVERSION_COLUMNS = (events.HOUR_COLUMN, "event_id", "sources")
+
+#: The delivery log's (destination, hour) index, named to SQLite's planner.
+_DESTINATION_HOUR_INDEX = next(
+    index.name
+    for index in delivery_events.indexes
+    if [c.name for c in index.columns] == ["destination", "hour_us"]
+)
 
 
 def _logged_destinations(conn: Connection) -> list[str]:
@@ -95,7 +100,7 @@ def _count_sent(
     conn: Connection, sent: sa.ColumnElement[bool], event_ids: list[str]
 ) -> dict[str, int]:
     """Per destination, how many of `event_ids` match `sent` (through a temporary table of
-    the ids, joined on the log's primary key)."""
+    the ids, joined with the hour's rows read by the (destination, hour) index)."""
     table = sa.Table(
         f"report_ids_{uuid.uuid4().hex[:12]}",
         sa.MetaData(),
