@@ -1,0 +1,13 @@
+"""Server-side conversion tracking on Dagster.
+
+Text columns are Arrow-backed: pandas' "string" dtype means `string[pyarrow]` in every
+process that imports this package (the default from pandas 3 on). An hour of a million
+conversions holds about 20 million text cells; as Python `str` objects they cost about
+4.5 KB a record and a pass over Python objects for every Parquet read, Arrow conversion
+and comparison, where Arrow keeps them in a few buffers that Parquet, the JSON encoders
+and the vectorised checks read without copying.
+"""
+
+import pandas as _pd
+
+_pd.set_option("mode.string_storage", "pyarrow")

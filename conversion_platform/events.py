@@ -17,9 +17,12 @@ in `STAGE_COLUMNS`; the frame between assets is always a pandas DataFrame with t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 # --- event names ------------------------------------------------------------------------
 
@@ -241,7 +244,20 @@ STAGE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 TIMESTAMP_DTYPE: Final = "datetime64[ns, UTC]"
+#: Text is `string[pyarrow]`: the package sets pandas' `mode.string_storage` on import
+#: (see `conversion_platform/__init__.py`), so "string" means Arrow-backed everywhere.
 STRING_DTYPE: Final = "string"
+
+
+def string_array(values: Sequence[object] | np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """Text values (str or None) as the model's string array, built by Arrow in one C pass
+    (pandas' own constructor first checks every value in Python, twice as slow)."""
+    try:
+        return pd.arrays.ArrowStringArray(
+            pa.array(values, type=pa.large_string(), from_pandas=True)
+        )
+    except (pa.ArrowException, UnicodeEncodeError):
+        return pd.array(values, dtype=STRING_DTYPE)
 
 
 def column_dtypes(columns: tuple[str, ...] | list[str]) -> dict[str, str]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import requests
 from sqlalchemy.engine import Engine
 
@@ -124,11 +125,23 @@ def strip_identifiers(frame: pd.DataFrame, allowed: pd.Series) -> pd.DataFrame:
     """Events without ad_user_data consent lose every identifier before anything is built."""
     if allowed.all():
         return frame
-    frame = frame.copy()
+    frame = frame.copy(deep=False)
+    keep = allowed.to_numpy(dtype=bool)
     for column in IDENTIFIER_COLUMNS:
         if column in frame.columns:
-            frame.loc[~allowed.to_numpy(), column] = pd.NA
+            frame[column] = _missing_unless(frame[column], keep)
     return frame
+
+
+def _missing_unless(values: pd.Series, keep: np.ndarray) -> pd.Series:
+    """`values` where `keep`, missing elsewhere; an Arrow column in one Arrow pass (pandas'
+    own setitem on it converts every value to Python and back)."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        arrow = pa.array(values.array)
+        kept = pc.if_else(pa.array(keep), arrow, pa.scalar(None, arrow.type))
+        return pd.Series(pd.arrays.ArrowStringArray(kept), index=values.index, name=values.name)
+    return values.where(keep)
 
 
 class EventRun:

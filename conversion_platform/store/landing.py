@@ -144,7 +144,7 @@ def _column_frame(names: list[str], chunks: list[np.ndarray]) -> pd.DataFrame:
             out[name] = pd.array(values, dtype="boolean")
         else:
             # Text: the model's nullable string dtype, straight from the driver's str/None.
-            out[name] = pd.array(values, dtype=events.STRING_DTYPE)
+            out[name] = events.string_array(values)
     return pd.DataFrame(out, copy=False)
 
 

@@ -1,9 +1,10 @@
 """Vectorised predicates over text columns: one Arrow pass per column, no Python per value.
 
-A text column of the model holds one Python `str` per cell (`string[python]`); a regular
-expression or `len` per value costs about 0.5 µs each, which a million-row hour pays
-for every column checked. Here a column is turned into one Arrow array (a C loop over
-the strings) and the predicate runs over its buffers with numpy or Arrow compute.
+A text column of the model is Arrow-backed (`string[pyarrow]`, see the package's
+`__init__`); a regular expression or `len` per value would cost about 0.5 µs each, which
+a million-row hour pays for every column checked. Here the column's own Arrow array (or,
+for a Python-backed column, one made by a C loop over its strings) is checked over its
+buffers with numpy or Arrow compute.
 
 Each predicate returns a numpy bool array, True where the value passes; missing values
 pass (the schema's `nullable` says whether they may be missing). A column Arrow can't
@@ -35,12 +36,24 @@ def _objects(values: pd.Series) -> np.ndarray:
 
 
 def _arrow(values: pd.Series) -> pa.Array | None:
-    """The values as one Arrow `large_string` array, None when Arrow can't hold them."""
+    """The values as one Arrow `large_string` array, None when Arrow can't hold them.
+
+    An Arrow-backed column is its own array (no copy); any other costs a pass over it.
+    """
+    dtype = values.dtype
     try:
-        array = pa.array(_objects(values), type=pa.large_string(), from_pandas=True)
+        if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+            array = pa.array(values.array, type=pa.large_string())
+        else:
+            array = pa.array(_objects(values), type=pa.large_string(), from_pandas=True)
     except (pa.ArrowException, UnicodeEncodeError):
         return None
-    return array
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def _values_at(values: pd.Series, rows: np.ndarray) -> list[object]:
+    """The values of the given rows as Python objects (only those rows are converted)."""
+    return values.array.take(rows).to_numpy(dtype=object).tolist()
 
 
 def _python(values: pd.Series, passes: Callable[[object], bool]) -> np.ndarray:
@@ -101,24 +114,23 @@ def digests_in(values: pd.Series, digests: Collection[str], prefixes: pd.Index) 
     (an integer hash lookup); the rare values whose prefix matches are compared whole.
     Values that aren't hex digests are looked up in Python.
     """
-    objects = _objects(values)
-    out = np.zeros(len(objects), dtype=bool)
+    out = np.zeros(len(values), dtype=bool)
     array = _arrow(values)
     if array is None:
-        check = np.flatnonzero(pd.notna(objects))
+        check = np.flatnonzero(values.notna().to_numpy())
     else:
         sized, data = _hex_digest_bytes(array)
         is_hex = _all_hex(data)
         rows = np.flatnonzero(sized)[is_hex]
-        hexed = np.zeros(len(objects), dtype=bool)
+        hexed = np.zeros(len(values), dtype=bool)
         hexed[rows] = True
-        candidate = np.zeros(len(objects), dtype=bool)
+        candidate = np.zeros(len(values), dtype=bool)
         if len(prefixes) and len(rows):
             candidate[rows] = prefixes.get_indexer(_prefixes(data[is_hex])) >= 0
         other = array.is_valid().to_numpy(zero_copy_only=False) & ~hexed
         check = np.flatnonzero(candidate | other)
     wanted = digests if isinstance(digests, frozenset | set) else frozenset(digests)
-    out[check] = [objects[i] in wanted for i in check]
+    out[check] = [v in wanted for v in _values_at(values, check)]
     return out
 
 
@@ -157,14 +169,13 @@ def normalised_in(values: pd.Series, blocked: Collection[str]) -> np.ndarray:
     Only short values or values with a non-alphanumeric end can strip and lower to a
     short blocked value; those few are compared in Python, exactly as `str` does it.
     """
-    objects = _objects(values)
-    out = np.zeros(len(objects), dtype=bool)
-    if not len(objects) or not blocked:
+    out = np.zeros(len(values), dtype=bool)
+    if not len(values) or not blocked:
         return out
     longest = max(len(b) for b in blocked)
     array = _arrow(values)
     if array is None:
-        candidates = np.flatnonzero(pd.notna(objects))
+        candidates = np.flatnonzero(values.notna().to_numpy())
     else:
         present = array.is_valid().to_numpy(zero_copy_only=False)
         short = pc.fill_null(pc.utf8_length(array), 0).to_numpy(zero_copy_only=False) <= longest
@@ -173,5 +184,5 @@ def normalised_in(values: pd.Series, blocked: Collection[str]) -> np.ndarray:
         ).to_numpy(zero_copy_only=False)
         candidates = np.flatnonzero(present & (short | ~plain_ends))
     wanted = frozenset(blocked)
-    out[candidates] = [str(objects[i]).strip().lower() in wanted for i in candidates]
+    out[candidates] = [str(v).strip().lower() in wanted for v in _values_at(values, candidates)]
     return out
