@@ -260,6 +260,13 @@ def string_array(values: Sequence[object] | np.ndarray) -> pd.api.extensions.Ext
         return pd.array(values, dtype=STRING_DTYPE)
 
 
+def as_string(series: pd.Series) -> pd.Series:
+    """The series in the model's string dtype (an object column through `string_array`)."""
+    if series.dtype == object:
+        return pd.Series(string_array(series.to_numpy()), index=series.index, name=series.name)
+    return series.astype(STRING_DTYPE)
+
+
 def column_dtypes(columns: tuple[str, ...] | list[str]) -> dict[str, str]:
     """Pandas dtypes of the named columns (strings nullable, times UTC, value float)."""
     dtypes: dict[str, str] = {}
@@ -304,6 +311,8 @@ def conform(
                 if dtype == TIMESTAMP_DTYPE:
                     series = pd.to_datetime(series, utc=True, format="mixed")
                     series = series.astype(TIMESTAMP_DTYPE)
+                elif dtype == STRING_DTYPE:
+                    series = as_string(series)
                 else:
                     series = series.astype(dtype)
             out[column] = series.array

@@ -123,7 +123,8 @@ def ingest_server_logs(
     # Hour by hour (usually one), so dropped identity values count in the hour they arrived.
     parts: list[pd.DataFrame] = []
     dropped_by_hour: dict[datetime, Counter[str]] = {}
-    hour_values = hour_of.to_numpy()
+    # As integers: a tz-aware series' `to_numpy` would make a Timestamp object per row.
+    hour_values = hour_of.array.asi8 if len(hour_of) else np.zeros(0, dtype=np.int64)
     boundaries = np.flatnonzero(hour_values[1:] != hour_values[:-1]) + 1 if len(hour_values) else []
     for positions in np.split(np.arange(len(hour_values)), boundaries) if len(hour_values) else []:
         whole = len(positions) == len(hour_values)  # one hour: no copy of a million rows

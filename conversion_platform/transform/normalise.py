@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import phonenumbers
 
+from conversion_platform import events
+
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 #: Values that mean "nothing" however a site spells them; never hashed, never linked.
@@ -410,8 +412,7 @@ def hash_identity_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[st
     for field_name, (hasher, targets, regional) in _HASHERS.items():
         if field_name not in frame.columns:
             continue
-        values = _as_text(frame[field_name])
-        frame.drop(columns=[field_name], inplace=True)
+        values = _as_text(frame.pop(field_name))  # `drop` would copy the other columns
         if not values.notna().any():
             continue
         outputs, reasons = _map_distinct(
@@ -434,7 +435,7 @@ def hash_identity_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[st
             frame[second] = frame[second].where(frame[second].notna(), frame[first])
     for target in _HASHED_COLUMN_SOURCES:
         if target in frame.columns:
-            frame[target] = frame[target].astype("string")
+            frame[target] = events.as_string(frame[target])
     return frame, dropped
 
 
