@@ -267,6 +267,16 @@ def as_string(series: pd.Series) -> pd.Series:
     return series.astype(STRING_DTYPE)
 
 
+def frames_by_hour(frame: pd.DataFrame) -> dict[pd.Timestamp, pd.DataFrame]:
+    """The frame's rows by their hour; a frame of one hour is itself (no copy of its rows)."""
+    if not len(frame):
+        return {}
+    hours = frame[HOUR_COLUMN]
+    if (hours == hours.iloc[0]).all():
+        return {hours.iloc[0]: frame}
+    return {hour: group for hour, group in frame.groupby(HOUR_COLUMN, sort=True)}
+
+
 def column_dtypes(columns: tuple[str, ...] | list[str]) -> dict[str, str]:
     """Pandas dtypes of the named columns (strings nullable, times UTC, value float)."""
     dtypes: dict[str, str] = {}

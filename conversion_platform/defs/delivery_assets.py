@@ -105,11 +105,7 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
             run_id=context.run_id,
             hold_reason=hold_reason(engine, config),
         )
-        by_hour = (
-            {h: g for h, g in resolved_conversions.groupby(events.HOUR_COLUMN)}
-            if len(resolved_conversions)
-            else {}
-        )
+        by_hour = events.frames_by_hour(resolved_conversions)
         reports: list[tuple[str, HourDelivery]] = []
         hours = hours_of_run(context)
         # Each hour is delivered and recorded on its own: one hour's failure never stops the next.

@@ -80,11 +80,7 @@ def build_delivery_report_asset(configs: list[DestinationConfig]) -> dg.AssetsDe
         engine = database.engine()
         configured = [c.name for c in platform.destinations()]
         hours = hours_of_run(context)
-        by_hour = (
-            {h: g for h, g in resolved_conversions.groupby(events.HOUR_COLUMN)}
-            if len(resolved_conversions)
-            else {}
-        )
+        by_hour = events.frames_by_hour(resolved_conversions)
         frames = []
         per_hour: dict = {}
         reasons: Counter[tuple[str, str]] = Counter()

@@ -385,7 +385,7 @@ class HourDeliverer:
         (and not at all when every row goes, in order)."""
         config, destination = self.config, self.destination
         outcomes = log.OutcomeColumns()
-        ids = frame["event_id"].astype(str).to_numpy(dtype=object)
+        ids = frame["event_id"].to_numpy(dtype=object, na_value="<NA>")
         names = frame["event_name"].to_numpy(dtype=object, na_value=None)
         positions = np.flatnonzero(forwarded_event_names(frame, config).to_numpy())
         duplicated = pd.Series(ids[positions]).duplicated().to_numpy()

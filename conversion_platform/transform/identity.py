@@ -302,15 +302,7 @@ def resolve_hours(
     consent_required: bool = False,
 ) -> IdentityResult:
     """Resolve each hour of `frame` in order, each in its own transaction."""
-    hour_values = frame[events.HOUR_COLUMN]
-    if len(frame) and (hour_values == hour_values.iloc[0]).all():
-        by_hour = {hour_values.iloc[0]: frame}  # one hour: no copy of its rows
-    else:
-        by_hour = (
-            {hour: group for hour, group in frame.groupby(events.HOUR_COLUMN, sort=True)}
-            if len(frame)
-            else {}
-        )
+    by_hour = events.frames_by_hour(frame)
     frames: list[pd.DataFrame] = []
     per_hour: dict[datetime, dict[str, float | int]] = {}
     for hour in sorted(hours):
