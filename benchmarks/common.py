@@ -158,6 +158,9 @@ class Stages:
     seconds: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
+    #: The process's peak resident memory (MiB) when each stage ended: the first stage
+    #: whose figure reaches the final peak is the one that set it.
+    peak_mb_after: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
     def time(self, name: str) -> Iterator[None]:
@@ -167,6 +170,7 @@ class Stages:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
             self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - cpu
+            self.peak_mb_after[name] = peak_rss_mb()
 
     def total(self) -> float:
         return sum(self.seconds.values())

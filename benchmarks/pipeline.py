@@ -183,6 +183,7 @@ def _measure(root: str, hour: str, size: int) -> dict[str, Any]:
         "size": size,
         "stages_s": {k: round(v, 3) for k, v in stages.seconds.items()},
         "stages_cpu_s": {k: round(v, 3) for k, v in stages.cpu_seconds.items()},
+        "stages_peak_mb_after": dict(stages.peak_mb_after),
         "cpu_total_s": round(stages.cpu_total(), 3),
         "load_average": load_average(),
         "rows": stages.rows,
@@ -260,6 +261,7 @@ def table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "rows out": result["rows"].get(stage),
                     "seconds": seconds,
                     "cpu s": result["stages_cpu_s"][stage],
+                    "peak MiB after": result.get("stages_peak_mb_after", {}).get(stage),
                     "events/s": rate(size, seconds),
                     "share %": round(100 * seconds / result["total_s"], 1)
                     if result["total_s"]
@@ -273,6 +275,7 @@ def table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "rows out": None,
                 "seconds": result["total_s"],
                 "cpu s": result["cpu_total_s"],
+                "peak MiB after": result["peak_rss_mb"],
                 "events/s": result["events_per_s"],
                 "share %": 100.0,
             }

@@ -159,14 +159,23 @@ def read_landing_events(engine: Engine, start: datetime, end: datetime) -> pd.Da
         )
         .order_by(landing_events.c.received_at_us, landing_events.c.id)
     )
-    chunks: list[np.ndarray] = []
+    parts: list[pd.DataFrame] = []
     with engine.connect() as conn:
         result = conn.execute(query)
         # The driver's own cursor: SQLAlchemy's Row objects cost more than the query.
         cursor = result.cursor
         names = [d[0] for d in cursor.description]
+        # Each block of rows becomes columns (Arrow text, numpy numbers) at once, so the
+        # driver's Python objects of only one block are alive at a time.
         while rows := cursor.fetchmany(_FETCH_ROWS):
-            chunks.append(np.array(rows, dtype=object).reshape(len(rows), len(names)))
+            block = np.array(rows, dtype=object).reshape(len(rows), len(names))
+            del rows
+            parts.append(_column_frame(names, [block]))
         result.close()
-    frame = _column_frame(names, chunks)
+    if not parts:
+        frame = _column_frame(names, [])
+    elif len(parts) == 1:
+        frame = parts[0]
+    else:
+        frame = pd.concat(parts, ignore_index=True)  # Arrow text: chunks joined, not copied
     return events.conform(frame, events.STORED_COLUMNS)

@@ -147,23 +147,27 @@ def insert_claims(conn: Connection, rows: pd.DataFrame) -> int:
     """
     if rows.empty:
         return 0
-    rows = rows.iloc[_key_order(rows)]
+    order = _key_order(rows)
     columns = [*LEDGER_COLUMNS, "recorded_at_us"]
-    values = [_python_values(rows[c], c) for c in LEDGER_COLUMNS]
-    values.append([now_micros()] * len(rows))
-    records = list(zip(*values, strict=True))
-    dialect = conn.dialect
-    if can_copy(conn):
-        copy_rows(conn, dedupe_ledger.name, columns, records)
-        return len(records)
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    recorded_at = now_micros()
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     statement = (
         f"INSERT INTO {dedupe_ledger.name} ({', '.join(columns)}) "
         f"VALUES ({', '.join([marker] * len(columns))})"
     )
-    for i in range(0, len(records), _CHUNK):
-        conn.exec_driver_sql(statement, records[i : i + _CHUNK])
-    return len(records)
+    copy = can_copy(conn)
+    # A chunk of rows at a time: the Python tuples of a million-key hour would hold
+    # gigabytes at once.
+    for i in range(0, len(order), _CHUNK):
+        part = rows.iloc[order[i : i + _CHUNK]]
+        values = [_python_values(part[c], c) for c in LEDGER_COLUMNS]
+        values.append([recorded_at] * len(part))
+        records = list(zip(*values, strict=True))
+        if copy:
+            copy_rows(conn, dedupe_ledger.name, columns, records)
+        else:
+            conn.exec_driver_sql(statement, records)
+    return len(order)
 
 
 def ledger_rows(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:

@@ -19,6 +19,8 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy.engine import Engine
 
 from conversion_platform import events
@@ -65,14 +67,27 @@ def _micros(values: pd.Series) -> np.ndarray:
 def _pair_codes(parts: list[tuple[np.ndarray, pd.Series]]) -> list[np.ndarray]:
     """One code per distinct (hour µs, dedupe key) across `parts`: equal pairs, equal codes."""
     hours = np.concatenate([h for h, _ in parts])
-    keys = np.concatenate([k.to_numpy(dtype=object, na_value=None) for _, k in parts])
-    key_codes, key_texts = pd.factorize(keys, use_na_sentinel=False)
+    # Arrow encodes the keys (missing ones get a code of their own): no Python str per key.
+    keys = pa.chunked_array(
+        [_arrow_text(k) for _, k in parts], type=pa.large_string()
+    ).combine_chunks()
+    encoded = pc.dictionary_encode(keys, null_encoding="encode")
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    distinct_keys = len(encoded.dictionary)
     hour_codes, hour_values = pd.factorize(hours)
-    codes = key_codes.astype(np.int64)
     if len(hour_values) > 1:
-        codes = pd.factorize(hour_codes.astype(np.int64) * len(key_texts) + codes)[0]
+        codes = pd.factorize(hour_codes.astype(np.int64) * distinct_keys + codes)[0]
     bounds = np.cumsum([len(h) for h, _ in parts])[:-1]
     return np.split(codes.astype(np.int64), bounds)
+
+
+def _arrow_text(values: pd.Series) -> pa.Array | pa.ChunkedArray:
+    """A text column as Arrow `large_string` (an Arrow-backed one without a copy)."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        return pa.array(values.array).cast(pa.large_string())
+    objects = values.astype(object).where(values.notna(), None).to_numpy()
+    return pa.array(objects, type=pa.large_string(), from_pandas=True)
 
 
 def _time_ranges(codes: np.ndarray, count: int, times_us: np.ndarray) -> tuple[np.ndarray, ...]:
