@@ -144,6 +144,13 @@ def test_columns_agree_with_coerce_record(records: list[Any], default: bool) -> 
     _check(records, default)
 
 
+def test_a_nan_in_a_text_field_agrees_with_coerce_record() -> None:
+    """A JSON NaN where text belongs (hypothesis found it): `infer_dtype` skips NaN as
+    missing, so the column looked like text; the record must take the per-record path."""
+    base = {"event_id": "e1", "event_name": "purchase", "event_time": "2026-11-02T10:00:00Z"}
+    _check([{**base, "order_id": float("nan")}, {**base, "event_id": "e2"}], False)
+
+
 def test_plain_records_take_the_fast_path_and_agree() -> None:
     records = [
         {
