@@ -196,8 +196,10 @@ def deliver(
     *,
     hour: datetime = HOUR,
     sleep: Callable[[float], None] | None = None,
+    chunk_rows: int | None = None,
 ) -> HourDelivery:
-    """Deliver one hour as the delivery asset does, with a fresh keep-alive session."""
+    """Deliver one hour as the delivery asset does, with a fresh keep-alive session
+    (`chunk_rows` encodes the hour in smaller chunks than the asset does)."""
     session = new_session()
     try:
         deliverer = HourDeliverer(
@@ -207,6 +209,7 @@ def deliver(
             session,
             outbox,
             sleep=sleep or (lambda seconds: None),
+            **({"chunk_rows": chunk_rows} if chunk_rows else {}),
         )
         return deliverer.deliver_hour(frame, hour, hour.strftime("%Y-%m-%d-%H:%M"))
     finally:

@@ -22,12 +22,14 @@ from conversion_platform.destinations.config import (
     load_destination_configs,
 )
 from conversion_platform.destinations.delivery import HourDeliverer, plan_batches
+from conversion_platform.destinations.dry_run_log import DryRunLog, WrittenBatch
 from conversion_platform.destinations.google_ads import GoogleAdsDataManager
 from conversion_platform.destinations.google_ads_legacy import GoogleAdsClickConversions
 from conversion_platform.destinations.http_client import new_session
 from conversion_platform.destinations.registry import destination_for
 from conversion_platform.destinations.request_status import resolve_pending_requests
 from conversion_platform.settings import SEEDS_DIR
+from conversion_platform.store import delivery_log as log
 from conversion_platform.store.database import create_database_engine
 from conversion_platform.store.tables import delivery_batches, delivery_events
 from conversion_platform_tests.delivery_support import (
@@ -282,12 +284,14 @@ def test_the_delivery_log_on_postgresql(
         engine.dispose()
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 1_000])
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_a_large_dry_run_hour_is_logged_whole_and_a_rerun_counts_attempts(
-    database: str, request: pytest.FixtureRequest, tmp_path: Path
+    database: str, chunk_rows: int | None, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """Thousands of outcomes at once (the bulk writes: a JSON document on SQLite, COPY on
-    PostgreSQL): one row per event with its batch, one row per request, both runs."""
+    PostgreSQL): one row per event with its batch, one row per request, both runs; the
+    same when the hour is encoded, and handed to the log's writer, a chunk at a time."""
     if database == "postgresql":
         engine = create_database_engine(request.getfixturevalue("pg_url"))
     else:
@@ -297,7 +301,7 @@ def test_a_large_dry_run_hour_is_logged_whole_and_a_rerun_counts_attempts(
         records = many(2_400, "bulk") + many(300, "denied", consent_ad_user_data="denied")
         frame = frame_of(records)
         for _ in range(2):
-            report = deliver(engine, config, frame, tmp_path)
+            report = deliver(engine, config, frame, tmp_path, chunk_rows=chunk_rows)
             assert (report.sent, report.filtered, report.requests) == (2_400, 300, 3)
         query = sa.select(delivery_events).where(delivery_events.c.destination == "meta_capi")
         with engine.connect() as conn:
@@ -320,3 +324,47 @@ def test_a_large_dry_run_hour_is_logged_whole_and_a_rerun_counts_attempts(
     finally:
         if database == "postgresql":
             engine.dispose()
+
+
+def _written(number: int, ids: list[str]) -> WrittenBatch:
+    return WrittenBatch(number, ids, ["purchase"] * len(ids), [0.5] * len(ids), 1)
+
+
+def test_an_abandoned_dry_run_hour_leaves_nothing_in_the_log(engine: Engine) -> None:
+    """A failure while the hour is encoded rolls back what the writer already recorded."""
+    dry_run_log = DryRunLog(engine, "meta_capi", HOUR, "run-1", "written to x")
+    dry_run_log.record([_written(0, ["a", "b"])])
+    dry_run_log.record([_written(1, ["c"])])
+    dry_run_log.abandon()
+    assert outcomes(engine, "meta_capi") == {}
+    assert batches(engine, "meta_capi") == []
+
+
+def test_a_failure_in_the_log_writer_surfaces_and_keeps_nothing(engine: Engine) -> None:
+    """The writer thread's error is raised by `commit`, and the hour is rolled back whole."""
+    dry_run_log = DryRunLog(engine, "meta_capi", HOUR, "run-1", "written to x")
+    dry_run_log.record([_written(0, ["a", "b"])])
+    broken = log.OutcomeColumns()
+    broken.add(["d"], ["purchase"], None)  # type: ignore[arg-type]  # status is NOT NULL
+    dry_run_log.record([], broken)
+    with pytest.raises(sa.exc.IntegrityError):
+        dry_run_log.commit()
+    assert outcomes(engine, "meta_capi") == {}
+    assert batches(engine, "meta_capi") == []
+
+
+def test_a_committed_dry_run_hour_holds_every_chunk(engine: Engine) -> None:
+    dry_run_log = DryRunLog(engine, "meta_capi", HOUR, "run-1", "written to x")
+    dry_run_log.record([_written(0, ["a", "b"])])
+    dry_run_log.record([_written(1, ["c"])])
+    unsent = log.OutcomeColumns()
+    unsent.add(["z"], ["purchase"], log.EVENT_FILTERED, "no ad_user_data consent")
+    dry_run_log.record([], unsent)
+    dry_run_log.commit()
+    assert outcomes(engine, "meta_capi") == {
+        "a": ("dry_run", None),
+        "b": ("dry_run", None),
+        "c": ("dry_run", None),
+        "z": ("filtered", "no ad_user_data consent"),
+    }
+    assert [b["event_ids"] for b in batches(engine, "meta_capi")] == [["a", "b"], ["c"]]

@@ -56,6 +56,7 @@ from conversion_platform.destinations.config import (
     MODE_VALIDATE,
     DestinationConfig,
 )
+from conversion_platform.destinations.dry_run_log import DryRunLog, WrittenBatch
 from conversion_platform.destinations.http_client import TransportError, send_request
 from conversion_platform.destinations.outbox import OutboxWriter
 from conversion_platform.store import delivery_log as log
@@ -294,7 +295,7 @@ class HourDeliverer:
     # -- one hour --------------------------------------------------------------------------
 
     def deliver_hour(self, frame: pd.DataFrame, hour: datetime, partition_key: str) -> HourDelivery:
-        config, destination = self.config, self.destination
+        config = self.config
         mode = config.effective_mode()
         credentials = config.read_credentials() if mode != MODE_DRY_RUN else None
         report = HourDelivery(config.name, hour, mode)
@@ -305,14 +306,41 @@ class HourDeliverer:
             if mode == MODE_DRY_RUN
             else None
         )
-        size = destination.batch_size(config)
         context = _BatchContext(hour, mode, credentials, report)
+        dry_run_log: DryRunLog | None = None
         if outbox is None:
             with self.engine.begin() as conn:
                 log.record_outcome_columns(conn, config.name, hour, outcomes)
         else:
-            # Dry run: the hour's outcomes are written with its batches, in one transaction.
+            # Dry run: the hour's outcomes are written with its batches, in one transaction,
+            # by a writer thread while the next chunk is encoded.
             context.unsent = outcomes
+            dry_run_log = DryRunLog(
+                self.engine, config.name, hour, self.run_id, f"written to {outbox.path}"
+            )
+        try:
+            self._deliver_chunks(frame, now, context, outbox, dry_run_log)
+        except BaseException:
+            if dry_run_log is not None:
+                dry_run_log.abandon()
+            raise
+        if outbox is not None and dry_run_log is not None:
+            dry_run_log.record([], context.unsent)
+            dry_run_log.commit()
+            report.outbox_file = str(outbox.close())
+        return report
+
+    def _deliver_chunks(
+        self,
+        frame: pd.DataFrame,
+        now: pd.Timestamp,
+        context: _BatchContext,
+        outbox: OutboxWriter | None,
+        dry_run_log: DryRunLog | None,
+    ) -> None:
+        """Encode the hour a chunk at a time and send (or, dry run, write) its batches."""
+        destination = self.destination
+        size = destination.batch_size(self.config)
         carry: Carry | None = None
         number = 0
         # An hour is encoded a chunk at a time: memory stays bounded and is reused, and a
@@ -330,17 +358,15 @@ class HourDeliverer:
             carry = None
             if not last_chunk and ranges and len(ranges[-1]) < size:
                 carry = run.carry(ranges.pop())
-            if outbox is not None:
+            if outbox is not None and dry_run_log is not None:
                 for positions in ranges:
                     self._write_batch(outbox, context, run, positions, number)
                     number += 1
+                dry_run_log.record(context.written)
+                context.written = []
                 continue
             self._send_all(context, run, number, ranges)
             number += len(ranges)
-        if outbox is not None:
-            self._record_dry_run(outbox, context)
-            report.outbox_file = str(outbox.close())
-        return report
 
     def _send_all(
         self, ctx: _BatchContext, run: EventRun, first_number: int, ranges: list[range]
@@ -506,13 +532,13 @@ class HourDeliverer:
     def _write_batch(
         self, outbox: OutboxWriter, ctx: _BatchContext, run: EventRun, positions: range, number: int
     ) -> None:
-        """Dry run: the batch's body to the outbox; its row and its events' outcomes are
-        recorded at the hour's end (`_record_dry_run`)."""
+        """Dry run: the batch's body to the outbox; its row and its events' outcomes go to
+        the hour's `DryRunLog` with the rest of the chunk."""
         batch = run.batch(number, positions)
         outbox.write(self.destination.build_request(batch, self.config, None, MODE_DRY_RUN).body)
         ctx.report.requests += 1
         ctx.written.append(
-            _Written(
+            WrittenBatch(
                 number,
                 batch.event_ids,
                 run.names[positions.start : positions.stop],
@@ -520,44 +546,6 @@ class HourDeliverer:
                 now_micros(),
             )
         )
-
-    def _record_dry_run(self, outbox: OutboxWriter, ctx: _BatchContext) -> None:
-        """Dry run: every batch's row and every event's outcome, in one transaction."""
-        config = self.config
-        outcomes = ctx.unsent or log.OutcomeColumns()
-        with self.engine.begin() as conn:
-            batch_ids = log.record_batches(
-                conn,
-                [
-                    log.BatchRow(
-                        destination=config.name,
-                        hour=ctx.hour,
-                        run_id=self.run_id,
-                        batch_number=written.number,
-                        attempt=1,
-                        mode=MODE_DRY_RUN,
-                        status=log.EVENT_DRY_RUN,
-                        http_status=None,
-                        event_ids=written.event_ids,
-                        response=f"written to {outbox.path}",
-                        retry_after_s=None,
-                        platform_request_id=None,
-                        started_at_us=written.at_us,
-                        finished_at_us=written.at_us,
-                    )
-                    for written in ctx.written
-                ],
-            )
-            for written, batch_id in zip(ctx.written, batch_ids, strict=True):
-                outcomes.add(
-                    written.event_ids,
-                    written.names,
-                    log.EVENT_DRY_RUN,
-                    None,
-                    batch_id,
-                    written.quality,
-                )
-            log.record_outcome_columns(conn, config.name, ctx.hour, outcomes)
 
     def _not_sent(self, ctx: _BatchContext, run: EventRun, positions: Sequence[int]) -> None:
         """After an auth failure: the remaining batches wait for the credentials to change."""
@@ -771,17 +759,6 @@ class _BatchContext:
     #: dry run: the outcomes of the events not sent (filtered, expired, invalid) and the
     #: batches written to the outbox, recorded together at the hour's end
     unsent: log.OutcomeColumns | None = None
-    written: list[_Written] = field(default_factory=list)
+    written: list[WrittenBatch] = field(default_factory=list)
     #: requests sent per batch number (the split parts of a batch count on)
     attempts: dict[int, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Written:
-    """Dry run: a batch written to the outbox (its events; the body is not kept)."""
-
-    number: int
-    event_ids: list[str]
-    names: list[str | None]
-    quality: list[float | None]
-    at_us: int
