@@ -83,9 +83,10 @@ def _object_array(values: Sequence[Any] | np.ndarray, n: int) -> np.ndarray:
 
 def _only_text(values: np.ndarray, slow: np.ndarray) -> np.ndarray:
     """`values` with non-text ones blanked to None; rows holding non-text are marked slow."""
-    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty") and not (
-        pd.isna(values) & ~_missing(values)
-    ).any():
+    if (
+        pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
+        and not (pd.isna(values) & ~_missing(values)).any()
+    ):
         return values  # text and None only (a NaN is skipped by `infer_dtype`, not text)
     odd = np.fromiter(
         (not (v is None or v.__class__ is str) for v in values.tolist()),
