@@ -756,8 +756,9 @@ class _BatchContext:
     mode: str
     credentials: dict[str, str] | None
     report: HourDelivery
-    #: dry run: the outcomes of the events not sent (filtered, expired, invalid) and the
-    #: batches written to the outbox, recorded together at the hour's end
+    #: dry run: the outcomes of the events not sent (filtered, expired, invalid), recorded
+    #: at the hour's end, and the batches written to the outbox since the last chunk was
+    #: handed to the hour's `DryRunLog`
     unsent: log.OutcomeColumns | None = None
     written: list[WrittenBatch] = field(default_factory=list)
     #: requests sent per batch number (the split parts of a batch count on)
