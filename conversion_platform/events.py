@@ -260,6 +260,19 @@ def string_array(values: Sequence[object] | np.ndarray) -> pd.api.extensions.Ext
         return pd.array(values, dtype=STRING_DTYPE)
 
 
+def arrow_text(values: pd.Series) -> pa.Array:
+    """A text column as one Arrow `large_string` array: an Arrow-backed column is its own
+    array (no copy), any other costs one pass. Raises `pa.ArrowException` or
+    `UnicodeEncodeError` for values Arrow can't hold as text."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        array = pa.array(values.array, type=pa.large_string())
+    else:
+        objects = np.asarray(values.array, dtype=object)
+        array = pa.array(objects, type=pa.large_string(), from_pandas=True)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
 def as_string(series: pd.Series) -> pd.Series:
     """The series in the model's string dtype (an object column through `string_array`)."""
     if series.dtype == object:

@@ -69,7 +69,7 @@ def _pair_codes(parts: list[tuple[np.ndarray, pd.Series]]) -> list[np.ndarray]:
     hours = np.concatenate([h for h, _ in parts])
     # Arrow encodes the keys (missing ones get a code of their own): no Python str per key.
     keys = pa.chunked_array(
-        [_arrow_text(k) for _, k in parts], type=pa.large_string()
+        [events.arrow_text(k) for _, k in parts], type=pa.large_string()
     ).combine_chunks()
     encoded = pc.dictionary_encode(keys, null_encoding="encode")
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -79,15 +79,6 @@ def _pair_codes(parts: list[tuple[np.ndarray, pd.Series]]) -> list[np.ndarray]:
         codes = pd.factorize(hour_codes.astype(np.int64) * distinct_keys + codes)[0]
     bounds = np.cumsum([len(h) for h, _ in parts])[:-1]
     return np.split(codes.astype(np.int64), bounds)
-
-
-def _arrow_text(values: pd.Series) -> pa.Array | pa.ChunkedArray:
-    """A text column as Arrow `large_string` (an Arrow-backed one without a copy)."""
-    dtype = values.dtype
-    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
-        return pa.array(values.array).cast(pa.large_string())
-    objects = values.astype(object).where(values.notna(), None).to_numpy()
-    return pa.array(objects, type=pa.large_string(), from_pandas=True)
 
 
 def _time_ranges(codes: np.ndarray, count: int, times_us: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -22,6 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from conversion_platform import events
+
 SHA256_HEX_LENGTH = 64
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: Byte -> is a lowercase hex digit.
@@ -36,19 +38,11 @@ def _objects(values: pd.Series) -> np.ndarray:
 
 
 def _arrow(values: pd.Series) -> pa.Array | None:
-    """The values as one Arrow `large_string` array, None when Arrow can't hold them.
-
-    An Arrow-backed column is its own array (no copy); any other costs a pass over it.
-    """
-    dtype = values.dtype
+    """The values as one Arrow `large_string` array, None when Arrow can't hold them."""
     try:
-        if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
-            array = pa.array(values.array, type=pa.large_string())
-        else:
-            array = pa.array(_objects(values), type=pa.large_string(), from_pandas=True)
+        return events.arrow_text(values)
     except (pa.ArrowException, UnicodeEncodeError):
         return None
-    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
 def _values_at(values: pd.Series, rows: np.ndarray) -> list[object]:
