@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conversion_platform import events
@@ -102,3 +103,42 @@ def test_without_the_sources_column_no_conversion_counts_as_server_only(store: E
     (meta,) = hour_delivery_report(store, HOUR, ["meta"], frame)
     assert meta.figures["delivered"] == 2
     assert meta.figures["server_only"] == 0
+
+
+def test_a_database_made_before_the_status_index_gets_it_on_the_next_start(store: Engine) -> None:
+    """The delivery log's (destination, hour) index became (destination, hour, status): an
+    older database gains the new index when the platform next opens it, loses the old one,
+    and the report reads the hour's counts from the new index alone."""
+    with store.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_delivery_events_dest_hour_status")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_delivery_events_dest_hour ON delivery_events (destination, hour_us)"
+        )
+        log.record_event_outcomes(conn, "meta", HOUR, _outcomes("d", 3, log.EVENT_DELIVERED))
+    reopened = create_database_engine(store.url.render_as_string(hide_password=False))
+    try:
+        columns = {
+            index["name"]: index["column_names"]
+            for index in sa.inspect(reopened).get_indexes("delivery_events")
+        }
+        assert columns["ix_delivery_events_dest_hour_status"] == [
+            "destination",
+            "hour_us",
+            "status",
+        ]
+        assert "ix_delivery_events_dest_hour" not in columns
+        (meta,) = hour_delivery_report(reopened, HOUR, ["meta"], pd.DataFrame())
+        assert meta.figures["delivered"] == 3
+        if reopened.dialect.name == "sqlite":
+            with reopened.connect() as conn:
+                plan = " ".join(
+                    str(row[-1])
+                    for row in conn.exec_driver_sql(
+                        "EXPLAIN QUERY PLAN SELECT destination, status, count(*) "
+                        "FROM delivery_events INDEXED BY ix_delivery_events_dest_hour_status "
+                        "WHERE destination IN ('meta') AND hour_us = 1 GROUP BY destination, status"
+                    )
+                )
+            assert "COVERING INDEX ix_delivery_events_dest_hour_status" in plan
+    finally:
+        reopened.dispose()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import requests
@@ -69,6 +70,10 @@ def resolve_pending_requests(
     with engine.connect() as conn:
         pending = log.pending_status_batches(conn, config.name, max_requests)
     now = now_us if now_us is not None else now_micros()
+    # The verdicts are gathered first and recorded together, in one transaction: one
+    # commit for the round instead of one per request (each commit writes every log page
+    # its events touched), and no write lock held while the platform is asked.
+    verdicts: list[tuple[dict[str, Any], str, str | None, str | None]] = []
     for row in pending:
         request_id = row["platform_request_id"]
         if not request_id:
@@ -93,8 +98,12 @@ def resolve_pending_requests(
                     continue
                 verdict_outcome = "unconfirmed"
                 reason = f"no final status from the platform after {give_up_after}"
-        batch_status, event_status = _RECORDED[verdict_outcome]
-        with engine.begin() as conn:
+        verdicts.append((row, verdict_outcome, reason, text))
+    if not verdicts:
+        return polling
+    with engine.begin() as conn:
+        for row, verdict_outcome, reason, text in verdicts:
+            batch_status, event_status = _RECORDED[verdict_outcome]
             changed = log.resolve_pending_batch(
                 conn,
                 int(row["id"]),
@@ -105,11 +114,11 @@ def resolve_pending_requests(
                 destination=config.name,
                 event_ids=orjson.loads(row["event_ids"]) if row["event_ids"] else None,
             )
-        polling.resolved += 1
-        if event_status == log.EVENT_DELIVERED:
-            polling.events_delivered += changed
-        elif event_status == log.EVENT_PERMANENT:
-            polling.events_rejected += changed
-        else:
-            polling.events_unconfirmed += changed
+            polling.resolved += 1
+            if event_status == log.EVENT_DELIVERED:
+                polling.events_delivered += changed
+            elif event_status == log.EVENT_PERMANENT:
+                polling.events_rejected += changed
+            else:
+                polling.events_unconfirmed += changed
     return polling

@@ -29,7 +29,7 @@ from conversion_platform.operations.circuits import CircuitChange, read_circuits
 from conversion_platform.operations.dead_letters import dead_letter_exhausted, dead_letter_rejected
 from conversion_platform.operations.retry_policy import RetryPolicy, format_duration
 from conversion_platform.store import delivery_log as log
-from conversion_platform.store.operations_tables import delivery_retries, ensure_operations_indexes
+from conversion_platform.store.operations_tables import delivery_retries
 from conversion_platform.store.tables import delivery_batches, delivery_events
 from conversion_platform.store.timecodes import from_micros, to_micros
 
@@ -46,8 +46,6 @@ _RETRY_AFTER_LOOKBACK_US = 7 * 86_400 * _MICROS
 _RESOLVED_KEPT_US = 30 * 86_400 * _MICROS
 #: How far back the sensor looks for permanent rejections not yet dead-lettered.
 _REJECTED_SWEEP_DAYS = 2
-#: Databases whose operations indexes were checked in this process.
-_INDEXED: set[str] = set()
 
 
 def _hours(n: int) -> str:
@@ -241,9 +239,6 @@ def plan_retries(
     """
     plan = RetryPlan(now=now)
     now_us = to_micros(now)
-    if str(engine.url) not in _INDEXED:
-        ensure_operations_indexes(engine)
-        _INDEXED.add(str(engine.url))
     by_name = {c.name: c for c in configs}
     for config in configs:
         change = sync_circuit(engine, config)

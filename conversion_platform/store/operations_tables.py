@@ -72,6 +72,18 @@ destination_circuits = sa.Table(
 )
 
 
+#: The delivery log's (destination, hour) index before it carried the status; the
+#: (destination, hour, status) index does all it did.
+_REPLACED_DELIVERY_EVENTS_INDEX = "ix_delivery_events_dest_hour"
+
+
 def ensure_operations_indexes(connectable: sa.engine.Engine) -> None:
-    """Create the indexes above on a database whose tables predate them (idempotent)."""
-    delivery_events_by_status.create(connectable, checkfirst=True)
+    """Create the delivery log's indexes on a database whose table predates them, and drop
+    the one they replace (idempotent; a look at the catalogue when nothing is to do)."""
+    present = {i["name"] for i in sa.inspect(connectable).get_indexes(delivery_events.name)}
+    for index in delivery_events.indexes:
+        if index.name not in present:
+            index.create(connectable)
+    if _REPLACED_DELIVERY_EVENTS_INDEX in present:
+        with connectable.begin() as conn:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {_REPLACED_DELIVERY_EVENTS_INDEX}")
