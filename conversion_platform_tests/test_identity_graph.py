@@ -391,3 +391,13 @@ def test_connected_components_match_a_plain_search(
                 seen.add(nxt)
                 todo.append(nxt)
         assert labels[start] == min(seen)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_event_times_are_read_as_microseconds_whatever_the_columns_unit(unit: str) -> None:
+    from conversion_platform.transform.identity import _times_us
+
+    moment = pd.Timestamp("2026-11-30 10:15:30.123456", tz="UTC")
+    frame = pd.DataFrame({"event_time": pd.Series([moment]).astype(f"datetime64[{unit}, UTC]")})
+    expected = pd.Timestamp(moment).floor({"s": "s", "ms": "ms"}.get(unit, "us"))
+    assert _times_us(frame).tolist() == [expected.value // 1_000]

@@ -77,8 +77,9 @@ def _deduped_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _times_us(frame: pd.DataFrame) -> np.ndarray:
-    times = pd.to_datetime(frame["event_time"], utc=True)
-    return (times.astype("int64") // 1_000).to_numpy(np.int64)
+    """Event times as integer microseconds since the epoch, whatever the column's unit."""
+    times = pd.to_datetime(frame["event_time"], utc=True).dt.as_unit("us")
+    return times.astype("int64").to_numpy(np.int64)
 
 
 def remove_junk(frame: pd.DataFrame, rules: IdentityRules) -> int:
