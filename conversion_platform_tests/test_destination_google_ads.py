@@ -17,8 +17,10 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Engine
 
+from conversion_platform.destinations import request_status
 from conversion_platform.destinations.config import DestinationConfig
 from conversion_platform.destinations.http_client import new_session
 from conversion_platform.destinations.registry import destination_for
@@ -358,3 +360,42 @@ def test_legacy_conversions_without_click_id_or_identifier_are_not_sent(
         "permanent",
         "invalid for google_ads: needs a gclid, gbraid, wbraid or user identifiers",
     )
+
+
+def test_verdicts_recorded_before_a_round_fails_are_kept(
+    emulator: EmulatorControl,
+    engine: Engine,
+    token: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Verdicts are committed a group at a time: when something fails half-way through a
+    polling round, the requests already recorded stay resolved, and the rest stay pending
+    for the next round."""
+    config = destination_config("google_ads", emulator.url, batch_size=3)
+    emulator.script("google", status_processing_polls=0)
+    deliver(engine, config, frame_of(many(6, "f")), tmp_path)
+    monkeypatch.setattr(request_status, "RECORD_EVERY", 1)
+    destination = destination_for(config.platform, config.settings)
+    classify = destination.classify_status
+    answers: list[int] = []
+
+    def classify_then_fail(status: int, body: bytes) -> object:
+        answers.append(status)
+        if len(answers) == 2:
+            raise RuntimeError("the second answer could not be read")
+        return classify(status, body)
+
+    monkeypatch.setattr(destination, "classify_status", classify_then_fail)
+    session = new_session()
+    try:
+        with pytest.raises(RuntimeError, match="second answer"):
+            resolve_pending_requests(engine, destination, config, session)
+    finally:
+        session.close()
+    assert [r["status"] for r in batches(engine, "google_ads")] == ["delivered", "pending_status"]
+    log = outcomes(engine, "google_ads")
+    assert {log[f"f-{i:04d}"][0] for i in range(3)} == {"delivered"}
+    assert {log[f"f-{i:04d}"][0] for i in range(3, 6)} == {"pending_status"}
+    # The next round resolves the rest.
+    assert poll(engine, config).resolved == 1

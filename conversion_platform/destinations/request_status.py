@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import orjson
 import requests
@@ -50,6 +49,49 @@ class StatusPolling:
     auth_failed: bool = False
 
 
+#: Requests' verdicts recorded per transaction.
+RECORD_EVERY = 50
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What the platform finally said of one request."""
+
+    batch_id: int
+    event_ids: list[str] | None
+    outcome: str
+    reason: str | None
+    text: str | None
+
+
+def _record(
+    engine: Engine, destination: str, verdicts: list[_Verdict], polling: StatusPolling
+) -> None:
+    """Record the verdicts' requests and their pending events, in one transaction."""
+    if not verdicts:
+        return
+    with engine.begin() as conn:
+        for verdict in verdicts:
+            batch_status, event_status = _RECORDED[verdict.outcome]
+            changed = log.resolve_pending_batch(
+                conn,
+                verdict.batch_id,
+                batch_status=batch_status,
+                response=verdict.text or verdict.reason,
+                event_status=event_status,
+                reason=verdict.reason,
+                destination=destination,
+                event_ids=verdict.event_ids,
+            )
+            polling.resolved += 1
+            if event_status == log.EVENT_DELIVERED:
+                polling.events_delivered += changed
+            elif event_status == log.EVENT_PERMANENT:
+                polling.events_rejected += changed
+            else:
+                polling.events_unconfirmed += changed
+
+
 def resolve_pending_requests(
     engine: Engine,
     destination: Destination,
@@ -70,10 +112,10 @@ def resolve_pending_requests(
     with engine.connect() as conn:
         pending = log.pending_status_batches(conn, config.name, max_requests)
     now = now_us if now_us is not None else now_micros()
-    # The verdicts are gathered first and recorded together, in one transaction: one
-    # commit for the round instead of one per request (each commit writes every log page
-    # its events touched), and no write lock held while the platform is asked.
-    verdicts: list[tuple[dict[str, Any], str, str | None, str | None]] = []
+    # Verdicts are recorded `RECORD_EVERY` at a time, in one transaction: a commit per
+    # group of requests instead of one per request (each commit writes every log page its
+    # events touched), and what was learnt is kept if the round stops half-way.
+    verdicts: list[_Verdict] = []
     for row in pending:
         request_id = row["platform_request_id"]
         if not request_id:
@@ -98,27 +140,10 @@ def resolve_pending_requests(
                     continue
                 verdict_outcome = "unconfirmed"
                 reason = f"no final status from the platform after {give_up_after}"
-        verdicts.append((row, verdict_outcome, reason, text))
-    if not verdicts:
-        return polling
-    with engine.begin() as conn:
-        for row, verdict_outcome, reason, text in verdicts:
-            batch_status, event_status = _RECORDED[verdict_outcome]
-            changed = log.resolve_pending_batch(
-                conn,
-                int(row["id"]),
-                batch_status=batch_status,
-                response=text or reason,
-                event_status=event_status,
-                reason=reason,
-                destination=config.name,
-                event_ids=orjson.loads(row["event_ids"]) if row["event_ids"] else None,
-            )
-            polling.resolved += 1
-            if event_status == log.EVENT_DELIVERED:
-                polling.events_delivered += changed
-            elif event_status == log.EVENT_PERMANENT:
-                polling.events_rejected += changed
-            else:
-                polling.events_unconfirmed += changed
+        event_ids = orjson.loads(row["event_ids"]) if row["event_ids"] else None
+        verdicts.append(_Verdict(int(row["id"]), event_ids, verdict_outcome, reason, text))
+        if len(verdicts) >= RECORD_EVERY:
+            _record(engine, config.name, verdicts, polling)
+            verdicts = []
+    _record(engine, config.name, verdicts, polling)
     return polling

@@ -98,11 +98,25 @@ def _logged_destinations(conn: Connection) -> list[str]:
     return [r[0] for r in conn.execute(sa.select(names.c.name).where(names.c.name.is_not(None)))]
 
 
+def _log_table(conn: Connection, alias: str = "") -> str:
+    """The delivery log in a FROM clause, on SQLite with its (destination, hour, status)
+    index named: the planner, without statistics, may otherwise take the primary key's
+    destination prefix (every hour of the destination instead of this one)."""
+    named = f"{delivery_events.name} AS {alias}" if alias else delivery_events.name
+    if conn.dialect.name == "sqlite":
+        return f"{named} INDEXED BY {_DESTINATION_HOUR_INDEX}"
+    return named
+
+
 def _count_sent(
-    conn: Connection, sent: sa.ColumnElement[bool], event_ids: list[str]
+    conn: Connection,
+    destinations: list[str],
+    hour_us: int,
+    statuses: tuple[str, ...],
+    event_ids: list[str],
 ) -> dict[str, int]:
-    """Per destination, how many of `event_ids` match `sent` (through a temporary table of
-    the ids, joined with the hour's rows read by the (destination, hour) index)."""
+    """Per destination, how many of `event_ids` the hour's log has with one of `statuses`
+    (through a temporary table of the ids, joined with the hour's index entries)."""
     table = sa.Table(
         f"report_ids_{uuid.uuid4().hex[:12]}",
         sa.MetaData(),
@@ -118,17 +132,42 @@ def _count_sent(
         for i in range(0, len(ordered), 50_000):
             conn.exec_driver_sql(insert, [(e,) for e in ordered[i : i + 50_000]])
         rows = conn.execute(
-            sa.select(delivery_events.c.destination, sa.func.count())
-            .select_from(
-                delivery_events.join(table, table.c.event_id == delivery_events.c.event_id)
-            )
-            .where(sent)
-            .group_by(delivery_events.c.destination)
-            .with_hint(delivery_events, f"INDEXED BY {_DESTINATION_HOUR_INDEX}", "sqlite")
+            sa.text(
+                f"SELECT e.destination, count(*) FROM {_log_table(conn, 'e')} "
+                f"JOIN {table.name} AS i ON i.event_id = e.event_id "
+                "WHERE e.destination IN :destinations AND e.hour_us = :hour_us "
+                "AND e.status IN :statuses GROUP BY e.destination"
+            ).bindparams(
+                sa.bindparam("destinations", expanding=True),
+                sa.bindparam("statuses", expanding=True),
+            ),
+            {"destinations": destinations, "hour_us": hour_us, "statuses": list(statuses)},
         ).fetchall()
     finally:
         table.drop(conn)
     return {str(name): int(n) for name, n in rows}
+
+
+def hour_counts_statement(conn: Connection) -> sa.TextClause:
+    """The hour's outcome counts per (destination, status), and per reason for the
+    permanent rejections, in one statement (one snapshot of the log); its parameters are
+    `destinations`, `hour_us` and `permanent`.
+
+    Counted by the database: an hour of a million conversions is millions of outcome
+    rows, of which the report needs the totals. The status counts read the (destination,
+    hour, status) index alone; only rejected events are read from the table, for their
+    reasons.
+    """
+    log_table = _log_table(conn)
+    return sa.text(
+        f"SELECT destination, status, NULL AS reason, count(*) AS events FROM {log_table} "
+        "WHERE destination IN :destinations AND hour_us = :hour_us AND status != :permanent "
+        "GROUP BY destination, status "
+        "UNION ALL "
+        f"SELECT destination, status, reason, count(*) AS events FROM {log_table} "
+        "WHERE destination IN :destinations AND hour_us = :hour_us AND status = :permanent "
+        "GROUP BY destination, status, reason"
+    ).bindparams(sa.bindparam("destinations", expanding=True))
 
 
 def hour_delivery_report(
@@ -136,7 +175,6 @@ def hour_delivery_report(
 ) -> list[DestinationHourReport]:
     """The report of `hour` for each destination (the configured ones, and any in the log)."""
     hour_us = to_micros(hour)
-    outcomes = delivery_events.c
     sent_ok_statuses = (*DELIVERED_STATUSES, log.EVENT_DRY_RUN)
     server_only_ids: list[str] = []
     if len(conversions) and "sources" in conversions.columns:
@@ -146,27 +184,11 @@ def hour_delivery_report(
         # Every query names the destinations, so each is a seek on the log's
         # (destination, hour) index rather than a scan of every hour's outcomes.
         known = sorted({*destinations, *_logged_destinations(conn)})
-        in_hour = sa.and_(outcomes.destination.in_(known), outcomes.hour_us == hour_us)
-        # Counted by the database: an hour of a million conversions is millions of
-        # outcome rows, of which the report needs the totals. SQLite's planner, without
-        # statistics, prefers the primary key's destination prefix (every hour of the
-        # destination instead of this one), hence the index hint.
-        by_status = conn.execute(
-            sa.select(outcomes.destination, outcomes.status, sa.func.count())
-            .where(in_hour, outcomes.status != log.EVENT_PERMANENT)
-            .group_by(outcomes.destination, outcomes.status)
-            .with_hint(delivery_events, f"INDEXED BY {_DESTINATION_HOUR_INDEX}", "sqlite")
-        ).fetchall()
-        # Rejections by reason: only these rows are read from the table.
-        by_reason = conn.execute(
-            sa.select(outcomes.destination, outcomes.reason, sa.func.count())
-            .where(in_hour, outcomes.status == log.EVENT_PERMANENT)
-            .group_by(outcomes.destination, outcomes.reason)
-            .with_hint(delivery_events, f"INDEXED BY {_DESTINATION_HOUR_INDEX}", "sqlite")
-        ).fetchall()
         counts = pd.DataFrame(
-            [(d, status, None, n) for d, status, n in by_status]
-            + [(d, log.EVENT_PERMANENT, reason, n) for d, reason, n in by_reason],
+            conn.execute(
+                hour_counts_statement(conn),
+                {"destinations": known, "hour_us": hour_us, "permanent": log.EVENT_PERMANENT},
+            ).fetchall(),
             columns=["destination", "status", "reason", "events"],
         )
         dead = pd.DataFrame(
@@ -184,9 +206,7 @@ def hour_delivery_report(
             )
         }
         server_only_by_destination = (
-            _count_sent(
-                conn, sa.and_(in_hour, outcomes.status.in_(sent_ok_statuses)), server_only_ids
-            )
+            _count_sent(conn, known, hour_us, sent_ok_statuses, server_only_ids)
             if server_only_ids
             else {}
         )

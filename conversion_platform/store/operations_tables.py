@@ -72,18 +72,20 @@ destination_circuits = sa.Table(
 )
 
 
-#: The delivery log's (destination, hour) index before it carried the status; the
-#: (destination, hour, status) index does all it did.
-_REPLACED_DELIVERY_EVENTS_INDEX = "ix_delivery_events_dest_hour"
-
-
 def ensure_operations_indexes(connectable: sa.engine.Engine) -> None:
-    """Create the delivery log's indexes on a database whose table predates them, and drop
-    the one they replace (idempotent; a look at the catalogue when nothing is to do)."""
+    """Create the delivery log's indexes on a database whose table predates them.
+
+    Idempotent and safe when several processes open the database at once (`IF NOT
+    EXISTS`); a look at the catalogue when nothing is to do. On a large log the first
+    open after an upgrade builds the index once, holding the write lock meanwhile. The
+    (destination, hour) index the (destination, hour, status) one replaced is left in
+    place, for processes of the previous version still running: once none is, an
+    operator may drop `ix_delivery_events_dest_hour` (it only costs writes).
+    """
     present = {i["name"] for i in sa.inspect(connectable).get_indexes(delivery_events.name)}
-    for index in delivery_events.indexes:
-        if index.name not in present:
-            index.create(connectable)
-    if _REPLACED_DELIVERY_EVENTS_INDEX in present:
-        with connectable.begin() as conn:
-            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {_REPLACED_DELIVERY_EVENTS_INDEX}")
+    missing = [index for index in delivery_events.indexes if index.name not in present]
+    if not missing:
+        return
+    with connectable.begin() as conn:
+        for index in missing:
+            conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
