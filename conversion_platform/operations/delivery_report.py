@@ -78,7 +78,7 @@ CONVERSION_COLUMNS = (events.HOUR_COLUMN, "event_id", "sources")
 #: The delivery log's (destination, hour, status) index, named to SQLite's planner. The
 #: report's counts read it alone: no table row is read per event, except the reasons of
 #: rejected ones.
-_DESTINATION_HOUR_INDEX = next(
+_DESTINATION_HOUR_STATUS_INDEX = next(
     index.name
     for index in delivery_events.indexes
     if [c.name for c in index.columns] == ["destination", "hour_us", "status"]
@@ -104,7 +104,7 @@ def _log_table(conn: Connection, alias: str = "") -> str:
     destination prefix (every hour of the destination instead of this one)."""
     named = f"{delivery_events.name} AS {alias}" if alias else delivery_events.name
     if conn.dialect.name == "sqlite":
-        return f"{named} INDEXED BY {_DESTINATION_HOUR_INDEX}"
+        return f"{named} INDEXED BY {_DESTINATION_HOUR_STATUS_INDEX}"
     return named
 
 
@@ -182,7 +182,7 @@ def hour_delivery_report(
         server_only_ids = conversions.loc[flags, "event_id"].astype(str).unique().tolist()
     with engine.begin() as conn:
         # Every query names the destinations, so each is a seek on the log's
-        # (destination, hour) index rather than a scan of every hour's outcomes.
+        # (destination, hour, status) index rather than a scan of every hour's outcomes.
         known = sorted({*destinations, *_logged_destinations(conn)})
         counts = pd.DataFrame(
             conn.execute(
