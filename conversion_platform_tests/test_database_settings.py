@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from benchmarks.data import generate_and_land
 from conversion_platform.store.database import (
+    MMAP_SIZE_BYTES,
     WAL_CHECKPOINT_PAGES,
     WAL_SIZE_LIMIT_BYTES,
     create_database_engine,
 )
+from conversion_platform.store.landing import read_landing_events
+
+HOUR = datetime(2026, 11, 30, 6, tzinfo=UTC)
 
 
 def test_every_connection_gets_wal_and_its_checkpoint_settings(tmp_path: Path) -> None:
@@ -32,5 +40,46 @@ def test_every_connection_gets_wal_and_its_checkpoint_settings(tmp_path: Path) -
                     "wal_autocheckpoint": WAL_CHECKPOINT_PAGES,
                     "journal_size_limit": WAL_SIZE_LIMIT_BYTES,
                 }
+    finally:
+        engine.dispose()
+
+
+def _mapped(path: Path) -> bool:
+    """Whether this process has the file `path` memory-mapped (Linux: /proc/self/maps). The
+    WAL index (`-shm`) is always mapped; only the database file itself counts here."""
+    target = str(path.resolve())
+    return any(
+        line.split(maxsplit=5)[-1] == target
+        for line in Path("/proc/self/maps").read_text().splitlines()
+        if line.endswith(target)
+    )
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps, which only Linux has"
+)
+def test_a_connection_back_in_the_pool_keeps_no_database_pages_mapped(tmp_path: Path) -> None:
+    path = tmp_path / "platform.db"
+    engine = create_database_engine(f"sqlite:///{path}")
+    try:
+        generate_and_land(engine, [HOUR], 2_000, seed=5)
+        with engine.connect() as conn:  # pages still in the WAL are read from there, unmapped
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Two connections at once, so the pool holds more than one.
+        with engine.connect() as first, engine.connect() as second:
+            for conn in (first, second):
+                conn.exec_driver_sql("SELECT count(*), max(page_url) FROM landing_events").one()
+            assert _mapped(path)  # while in use, reads go through the map
+        assert not _mapped(path)
+
+        frame = read_landing_events(engine, HOUR, HOUR + timedelta(hours=1))
+
+        assert len(frame) == 2_000
+        assert not _mapped(path)
+        # The setting itself is kept: the next read maps the pages again.
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == MMAP_SIZE_BYTES
+            conn.exec_driver_sql("SELECT count(*), max(page_url) FROM landing_events").one()
+            assert _mapped(path)
     finally:
         engine.dispose()

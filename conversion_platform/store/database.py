@@ -6,6 +6,7 @@ PostgreSQL is the production choice. Both are reached through SQLAlchemy 2.x Cor
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +17,8 @@ from sqlalchemy.engine import Connection, Engine
 from conversion_platform.store import operations_tables  # (also registers its tables)
 from conversion_platform.store.tables import metadata
 
+#: Bytes of the database file each SQLite connection may read through a memory map.
+MMAP_SIZE_BYTES = 1 << 30
 #: WAL pages (4 KiB each) between automatic checkpoints (SQLite's default is 1,000).
 WAL_CHECKPOINT_PAGES = 10_000
 #: The size a checkpointed WAL file is cut back to.
@@ -32,7 +35,7 @@ def _configure_sqlite(dbapi_connection, _record) -> None:  # type: ignore[no-unt
     cursor.execute("PRAGMA foreign_keys=ON")
     # Reading an hour of a million landing rows through memory-mapped pages instead of
     # read() calls saves about a third of SQLite's time (address space only, not RAM).
-    cursor.execute("PRAGMA mmap_size=1073741824")
+    cursor.execute(f"PRAGMA mmap_size={MMAP_SIZE_BYTES}")
     # Checkpoint the WAL into the database every 40 MB instead of every 4 MB. The log, the
     # ledger and the identity graph have random keys, so every commit writes a page per row;
     # pages written again before the next checkpoint are copied back only once (each step
@@ -43,6 +46,26 @@ def _configure_sqlite(dbapi_connection, _record) -> None:  # type: ignore[no-unt
     cursor.close()
 
 
+def _release_memory_map(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    """On a connection's return to the pool: unmap the database pages it has mapped.
+
+    A mapped page counts in the process's resident memory for as long as it stays mapped,
+    and a pooled connection would keep its map while it waits. After reading a
+    million-row hour that was 690 MB of the pipeline's 4.5 GB peak, held through every
+    later stage. The pages stay in the page cache; the connection maps what it reads next
+    time (about 0.1 ms more for its first statement).
+    """
+    if dbapi_connection is None:  # invalidated
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA mmap_size=0")  # unmaps at once
+        cursor.execute(f"PRAGMA mmap_size={MMAP_SIZE_BYTES}")
+        cursor.close()
+    except sqlite3.Error:
+        pass  # the pages stay mapped until the next return: memory, not correctness
+
+
 def create_database_engine(url: str) -> Engine:
     """An engine for `url` with the schema created (idempotent)."""
     if url.startswith("sqlite"):
@@ -51,6 +74,7 @@ def create_database_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _configure_sqlite)
+        sa.event.listen(engine, "checkin", _release_memory_map)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
     metadata.create_all(engine)
