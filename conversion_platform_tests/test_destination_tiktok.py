@@ -97,6 +97,30 @@ def test_batches_at_1000_and_1001(
     assert set(emulator.accepted("tiktok").values()) == {1}
 
 
+def test_consent_is_applied_per_event_when_an_hour_is_encoded_in_chunks(
+    emulator: EmulatorControl, engine: Engine, token: str, tmp_path: Path
+) -> None:
+    """The chunks are taken from the hour's frame as they are encoded: each event keeps or
+    loses its identifiers by its own consent, whichever chunk it falls in, and the order
+    of the hour is kept."""
+    records = many(11, "m")
+    denied = {1, 4, 5, 9}
+    for i in denied:
+        records[i]["consent_ad_user_data"] = "denied"
+    records[3]["event_name"] = "page_view"  # not forwarded: later chunks shift
+    config = destination_config("tiktok", emulator.url, batch_size=2)
+    report = deliver(engine, config, frame_of(records), tmp_path, chunk_rows=3)
+    assert report.sent == 10
+    sent = [e for r in emulator.requests("tiktok") for e in r["body"]["data"]]
+    assert [e["event_id"] for e in sent] == [r["event_id"] for i, r in enumerate(records) if i != 3]
+    for event in sent:
+        position = int(event["event_id"].removeprefix("m-"))
+        if position in denied:
+            assert event["user"] == {"country": "us"}
+        else:
+            assert event["user"]["email"] and event["user"]["external_id"]
+
+
 def test_events_without_consent_go_without_identifiers(
     emulator: EmulatorControl, engine: Engine, token: str, tmp_path: Path
 ) -> None:
