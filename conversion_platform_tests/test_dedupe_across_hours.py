@@ -16,8 +16,10 @@ import threading
 from datetime import datetime, timedelta
 
 import pandas as pd
+import pytest
 from sqlalchemy.engine import Engine
 
+from conversion_platform.store import ledger
 from conversion_platform.store.dedupe_figures import read_hour_figures
 from conversion_platform.store.ledger import ledger_rows
 from conversion_platform.store.timecodes import to_micros
@@ -92,6 +94,29 @@ def test_when_the_later_hour_runs_first_the_conversion_is_delivered_once(
     # Re-running either hour now reproduces what it did.
     assert delivered(run(ledger_engine, frame, H11), H11) == ["e-1"]
     assert delivered(run(ledger_engine, frame, H10), H10) == []
+
+
+def test_the_ledger_is_searched_a_slice_of_keys_at_a_time_and_misses_none(
+    ledger_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hour's distinct match keys go to the ledger a slice at a time: every slice's
+    matches count, and a key no other hour holds matches nothing."""
+    monkeypatch.setattr(ledger, "_LOOKUP_KEYS", 4)
+    pixel = [
+        copy("pixel", at(10, 5, i), event_id=f"e-{i}", order_id=f"o-{i}", mpid=f"mp-{i}")
+        for i in range(9)
+    ]
+    backend = [
+        copy("server", at(11, 0, i), event_time=at(10, 5, i), event_id=f"e-{i}",
+             order_id=f"o-{i}", email=f"buyer{i}@example.com")
+        for i in range(0, 9, 2)
+    ] + [copy("server", at(11, 1), event_id="new-1", order_id="o-new")]  # fmt: skip
+    frame = copies_frame(pixel + backend)
+    assert delivered(run(ledger_engine, frame, H10), H10) == sorted(f"e-{i}" for i in range(9))
+    late = run(ledger_engine, frame, H11)
+    assert delivered(late, H11) == ["new-1"]
+    assert late.per_hour[H11].late_duplicates == 5
+    assert late.per_hour[H11].late_backend_confirmations == 5
 
 
 def test_a_late_duplicate_30_hours_later_is_not_delivered_again(ledger_engine: Engine) -> None:

@@ -22,14 +22,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 
+from conversion_platform.events import arrow_text
 from conversion_platform.store.database import can_copy, copy_rows
 from conversion_platform.store.tables import dedupe_ledger
 from conversion_platform.store.timecodes import now_micros, to_micros
 
 #: Rows per `executemany` call when inserting claims.
 _CHUNK = 50_000
+#: Distinct match keys per lookup statement in `fetch_neighbours`.
+_LOOKUP_KEYS = 100_000
 #: `pg_advisory_xact_lock` id of the ledger ("cpledger" in ASCII, as an integer).
 _PG_LOCK_ID = 0x6370_6C65_6467_6572
 
@@ -61,17 +64,16 @@ def _empty_rows() -> pd.DataFrame:
 
 
 def fetch_neighbours(
-    conn: Connection, match_keys: list[str], hour: datetime, reach_us: int
+    conn: Connection, match_keys: pd.Series, hour: datetime, reach_us: int
 ) -> pd.DataFrame:
     """Rows of other hours within `reach_us` of `hour` that hold any of `match_keys`.
 
-    The keys travel as one parameter (PostgreSQL: an array with `= ANY`; SQLite: a JSON
-    array read by `json_each`), so a million keys are one statement, not hundreds of
-    `IN (...)` lists.
+    The distinct keys travel `_LOOKUP_KEYS` at a time as one parameter (PostgreSQL: an
+    array with `= ANY`; SQLite: a JSON array read by `json_each`), so a million keys are
+    a few statements, not hundreds of `IN (...)` lists, and only one slice of them is
+    ever a Python list (a million-key hour's keys as Python strings were 270 MB). When
+    no other hour is in reach, the keys are not looked at at all.
     """
-    keys = list(dict.fromkeys(match_keys))
-    if not keys:
-        return _empty_rows()
     hour_us = to_micros(hour)
     selected = ", ".join(LEDGER_COLUMNS)
     window = "hour_us >= :low AND hour_us <= :high AND hour_us != :hour"
@@ -81,22 +83,27 @@ def fetch_neighbours(
     anyone = conn.execute(
         sa.text(f"SELECT 1 FROM {dedupe_ledger.name} WHERE {window} LIMIT 1"), bounds
     ).first()
-    if anyone is None:
+    if anyone is None or match_keys.empty:
         return _empty_rows()
+    keys = pc.unique(arrow_text(match_keys).drop_null())
     if conn.dialect.name == "postgresql":
         statement = sa.text(
             f"SELECT {selected} FROM {dedupe_ledger.name} "
             f"WHERE match_key = ANY(CAST(:keys AS TEXT[])) AND {window}"
         )
-        parameter: object = keys
     else:
         statement = sa.text(
             f"SELECT {selected} FROM {dedupe_ledger.name} "
             f"WHERE match_key IN (SELECT value FROM json_each(:keys)) AND {window}"
         )
-        parameter = orjson.dumps(keys).decode()
-    result = conn.execute(statement, {"keys": parameter, **bounds})
-    rows = result.fetchall()
+    rows: list[Row] = []
+    for start in range(0, len(keys), _LOOKUP_KEYS):
+        part = keys.slice(start, _LOOKUP_KEYS).to_pylist()
+        parameter: object = part
+        if conn.dialect.name != "postgresql":
+            parameter = orjson.dumps(part).decode()
+        # Each key is looked up once, so the slices' rows never overlap.
+        rows.extend(conn.execute(statement, {"keys": parameter, **bounds}).fetchall())
     if not rows:
         return _empty_rows()
     return pd.DataFrame(rows, columns=list(LEDGER_COLUMNS))

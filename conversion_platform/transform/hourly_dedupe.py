@@ -211,9 +211,7 @@ def deduplicate_hours(
         received = int(copies_per_hour.get(hour_us, 0))
         with engine.begin() as conn:
             begin_hour_claim(conn, hour)
-            neighbours = fetch_neighbours(
-                conn, claims["match_key"].astype(str).tolist(), hour, rules.window_us
-            )
+            neighbours = fetch_neighbours(conn, claims["match_key"], hour, rules.window_us)
             others = _owned_elsewhere(decide_owners(claims, neighbours, hour_us, rules), hour_us)
             owners.hour_us[conversions] = hour_us
             owned = no_rows
