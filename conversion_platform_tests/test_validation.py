@@ -14,6 +14,8 @@ per hour and path, and a malformed pre-hashed value never stored.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from datetime import timedelta
 
 import pandas as pd
@@ -169,6 +171,25 @@ def test_valid_rows_go_on_when_others_fail() -> None:
     result = validate_conversions(frame, MAX_AGE)
     assert sorted(result.valid["event_id"]) == ["e-ok", "e-ok-2"]
     assert list(result.invalid["event_id"]) == ["e-bad"]
+
+
+def test_a_validated_frame_is_freed_with_its_last_reference_not_by_the_collector() -> None:
+    """pandera caches an accessor that points back at a frame it validates in place; left
+    there, the hour's frame lived until the cyclic collector ran, through the next stage."""
+    frame = conversions(
+        copy("server", at(10, 5), **VALID),
+        copy("server", at(10, 6), event_id="e-bad", value=-3.0, currency="USD"),
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        checked = weakref.ref(frame)
+        result = validate_conversions(frame, MAX_AGE)
+        assert len(result.valid) == 1
+        del frame
+        assert checked() is None
+    finally:
+        gc.enable()
 
 
 def test_malformed_hashed_identifiers_are_dropped_and_the_conversion_kept() -> None:
