@@ -68,12 +68,15 @@ def _pair_codes(parts: list[tuple[np.ndarray, pd.Series]]) -> list[np.ndarray]:
     """One code per distinct (hour µs, dedupe key) across `parts`: equal pairs, equal codes."""
     hours = np.concatenate([h for h, _ in parts])
     # Arrow encodes the keys (missing ones get a code of their own): no Python str per key.
-    keys = pa.chunked_array(
-        [events.arrow_text(k) for _, k in parts], type=pa.large_string()
-    ).combine_chunks()
+    # The parts stay chunks of one array (their texts are not copied into one buffer);
+    # the chunks of the encoding share one dictionary, so codes agree across parts.
+    keys = pa.chunked_array([events.arrow_text(k) for _, k in parts], type=pa.large_string())
     encoded = pc.dictionary_encode(keys, null_encoding="encode")
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    distinct_keys = len(encoded.dictionary)
+    codes = np.concatenate(
+        [np.zeros(0, dtype=np.int64)]
+        + [c.indices.to_numpy(zero_copy_only=False).astype(np.int64) for c in encoded.chunks]
+    )
+    distinct_keys = len(encoded.chunks[-1].dictionary) if encoded.num_chunks else 0
     hour_codes, hour_values = pd.factorize(hours)
     if len(hour_values) > 1:
         codes = pd.factorize(hour_codes.astype(np.int64) * distinct_keys + codes)[0]
