@@ -6,8 +6,14 @@ conversions holds about 20 million text cells; as Python `str` objects they cost
 4.5 KB a record and a pass over Python objects for every Parquet read, Arrow conversion
 and comparison, where Arrow keeps them in a few buffers that Parquet, the JSON encoders
 and the vectorised checks read without copying.
+
+Arrow allocates through jemalloc (`arrow_memory`), which returns freed memory to the
+system, unless `ARROW_DEFAULT_MEMORY_POOL` says otherwise.
 """
 
 import pandas as _pd
 
+from conversion_platform.arrow_memory import use_returning_allocator as _use_allocator
+
 _pd.set_option("mode.string_storage", "pyarrow")
+_use_allocator()
