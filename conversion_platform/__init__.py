@@ -7,13 +7,13 @@ conversions holds about 20 million text cells; as Python `str` objects they cost
 and comparison, where Arrow keeps them in a few buffers that Parquet, the JSON encoders
 and the vectorised checks read without copying.
 
-Arrow allocates through jemalloc (`arrow_memory`), which returns freed memory to the
+Arrow allocates through jemalloc (`memory`), which returns freed memory to the
 system, unless `ARROW_DEFAULT_MEMORY_POOL` says otherwise.
 """
 
 import pandas as _pd
 
-from conversion_platform.arrow_memory import use_returning_allocator as _use_allocator
+from conversion_platform.memory import use_returning_allocator as _use_allocator
 
 _pd.set_option("mode.string_storage", "pyarrow")
 _use_allocator()

@@ -24,7 +24,7 @@ from conversion_platform.ingest.records import GENERATED_EVENT_ID_PREFIX
 from conversion_platform.ingest.server_logs import read_logs_for_hours
 from conversion_platform.settings import SEEDS_DIR
 from conversion_platform.store.tables import log_file_index
-from conversion_platform.transform.normalise import sha256_hex
+from conversion_platform.transform.normalise import hash_email, hash_name, hash_phone, sha256_hex
 
 H10 = datetime(2026, 3, 2, 10, tzinfo=UTC)
 H11 = H10 + timedelta(hours=1)
@@ -212,6 +212,23 @@ def test_event_without_id_gets_a_deterministic_id(engine, tmp_path: Path) -> Non
     assert first.startswith(GENERATED_EVENT_ID_PREFIX)
     assert first == second  # a re-logged copy carries the same id
     assert ingest_server_logs(engine, logs, RULES, [H10]).frame["event_id"].iloc[0] == first
+
+
+def test_an_ingest_run_keeps_no_plaintext_memo_behind(engine, tmp_path: Path) -> None:
+    """The hashers' memo holds plaintext; a run empties it when it is done, and the
+    digests are the same as without it."""
+    logs = tmp_path / "logs"
+    line = (
+        b'{"event_id": "m-1", "event_name": "lead", "event_time": "2026-03-02T10:10:00+00:00",'
+        b' "email": "Memo@Example.com", "phone": "+1 415 555 0100", "first_name": "Ada"}'
+    )
+    _write(logs / "a.jsonl", [line])
+    hash_email("warm@example.com")
+    frame = ingest_server_logs(engine, logs, RULES, [H10]).frame
+    for memoised in (hash_email, hash_phone, hash_name):
+        assert memoised.cache_info().currsize == 0
+    assert frame["email_sha256"].iloc[0] == sha256_hex("memo@example.com")
+    assert frame["phone_sha256"].iloc[0] == sha256_hex("+14155550100")
 
 
 def test_consent_absent_means_unknown(engine, tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ from conversion_platform.ingest.access_log import AccessLogRule
 from conversion_platform.ingest.log_chunks import LogChunk
 from conversion_platform.ingest.record_columns import coerce_records, concat_coerced, stored_frame
 from conversion_platform.ingest.server_logs import scan_logs_for_hours
+from conversion_platform.memory import return_free_heap
 from conversion_platform.store.quarantine import STAGE_PARSE, QuarantinedRecord
-from conversion_platform.transform.normalise import redact
+from conversion_platform.transform.normalise import clear_hashing_caches, redact
 
 
 @dataclass
@@ -44,7 +45,20 @@ def ingest_server_logs(
 
     Records are checked a chunk of lines at a time, column by column
     (`record_columns.coerce_records`), with `coerce_record`'s reasons for the ones refused.
+    Afterwards the memo of hashed plaintext values is emptied and the parse's freed heap
+    goes back to the system: a million lines left 0.3 GB of memo and 1.1 GB of free heap
+    resident through every later step of the run.
     """
+    try:
+        return _ingest(engine, logs_dir, rules, hours)
+    finally:
+        clear_hashing_caches()
+        return_free_heap()
+
+
+def _ingest(
+    engine: Engine, logs_dir: Path, rules: list[AccessLogRule], hours: list[datetime]
+) -> LogIngestResult:
     frames: list[pd.DataFrame] = []
     hour_parts: list[np.ndarray] = []
     parsed: Counter[datetime] = Counter()

@@ -35,3 +35,23 @@ def test_arrow_allocates_with_jemalloc_which_returns_freed_memory() -> None:
 @pytest.mark.parametrize("chosen", ["system", "mimalloc"])
 def test_a_pool_the_user_chose_is_kept(chosen: str) -> None:
     assert _pool_in_fresh_process(chosen) == [chosen, "False"]
+
+
+def test_the_free_heap_goes_back_to_the_system_on_glibc() -> None:
+    """Freed blocks in the middle of glibc's heap stay resident until `malloc_trim`."""
+    code = (
+        "import ctypes, sys\n"
+        "from conversion_platform.memory import return_free_heap\n"
+        "def anon():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('RssAnon:'): return int(line.split()[1]) // 1024\n"
+        "blocks = [bytes(2_000) + bytes([i % 256]) for i in range(200_000)]\n"
+        "keep = blocks[-1:]\n"  # the top of the heap stays in use: glibc can't shrink it
+        "del blocks\n"
+        "before = anon()\n"
+        "print(return_free_heap(), before - anon() > 200)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    if done.stdout.split()[0] == "False":
+        pytest.skip("the C library is not glibc: nothing to trim")
+    assert done.stdout.split() == ["True", "True"]
