@@ -58,8 +58,10 @@ _LIBC = _glibc()
 
 
 def return_free_heap() -> bool:
-    """Give the free pages of glibc's heap back to the system (`malloc_trim(0)`); False
-    where the C library is not glibc (nothing to do there)."""
+    """Give what Arrow's pool keeps unused and the free pages of glibc's heap back to the
+    system (`malloc_trim(0)`); False where the C library is not glibc (Arrow's pool is
+    still asked)."""
+    pa.default_memory_pool().release_unused()
     if _LIBC is None:
         return False
     _LIBC.malloc_trim(0)
