@@ -138,13 +138,15 @@ def _first_present(
     return out
 
 
-def _content_hashes(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    """Per row, a hash of the copy's content where `rows` says so (0 elsewhere): the last
-    tie-breaker, needed only among copies of one conversion received at the same moment."""
-    out = np.zeros(len(frame), dtype=np.uint64)
-    if len(rows):
+def _content_hashes(frame: pd.DataFrame, rows: np.ndarray, tied: np.ndarray) -> np.ndarray:
+    """Per row of `rows`, a hash of the copy's content where `tied` says so (0 elsewhere):
+    the last tie-breaker, needed only among copies of one conversion received at the
+    same moment. `tied` holds positions in `rows`."""
+    out = np.zeros(len(rows), dtype=np.uint64)
+    if len(tied):
         columns = [c for c in events.STORED_COLUMNS if c in frame.columns]
-        out[rows] = pd.util.hash_pandas_object(frame.iloc[rows][columns], index=False).to_numpy()
+        at = rows[tied]
+        out[tied] = pd.util.hash_pandas_object(frame.iloc[at][columns], index=False).to_numpy()
     return out
 
 
@@ -168,29 +170,42 @@ def _rank_of(values: np.ndarray, rank: dict[str, int], other: int) -> np.ndarray
 
 
 def _merge_groups(
-    frame: pd.DataFrame, groups: np.ndarray, count: int, max_event_age: timedelta
+    frame: pd.DataFrame,
+    rows_in: np.ndarray,
+    groups: np.ndarray,
+    count: int,
+    max_event_age: timedelta,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """What the one row of each group (0..count-1) of two or more copies holds.
 
-    Returns (per column, the row of `frame` each group's value comes from, -1 for none;
-    per column, values computed for the group; the group's copy count). All on integer
-    arrays: the copies are ordered per group by path rank, time received, event time and
-    content, and the first present value of each column is taken.
+    The copies are the rows `rows_in` of `frame` (group `groups[i]` for row `rows_in[i]`);
+    they are read column by column, never copied as a frame (at a million records a copy
+    of the merged copies' rows was 0.3 GB at dedupe's peak). Returns (per column, the
+    position in `rows_in` each group's value comes from, -1 for none; per column, values
+    computed for the group; the group's copy count). All on integer arrays: the copies are
+    ordered per group by path rank, time received, event time and content, and the first
+    present value of each column is taken.
     """
-    source = frame["source"].to_numpy(dtype=object, na_value=None)
-    received = _nanos(frame["received_at"])
-    event_time = _nanos(frame["event_time"])
+
+    def present(column: str) -> np.ndarray:
+        # Arrow answers from the validity bitmap: no value is read or copied.
+        return frame[column].notna().to_numpy()[rows_in]
+
+    def objects(column: str) -> np.ndarray:
+        return frame[column].iloc[rows_in].to_numpy(dtype=object, na_value=None)
+
+    source = objects("source")
+    received = _nanos(frame["received_at"])[rows_in]
+    event_time = _nanos(frame["event_time"])[rows_in]
     received_key, event_key = _nat_last(received), _nat_last(event_time)
-    content = _content_hashes(frame, _tied(groups, received_key, event_key))
+    content = _content_hashes(frame, rows_in, _tied(groups, received_key, event_key))
 
     def ordered(rank: dict[str, int]) -> np.ndarray:
         ranks = _rank_of(source, rank, 9)
         return np.lexsort((content, event_key, received_key, ranks, groups))
 
     def firsts(order: np.ndarray, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-        return {
-            c: _first_present(order, groups, frame[c].notna().to_numpy(), count) for c in columns
-        }
+        return {c: _first_present(order, groups, present(c), count) for c in columns}
 
     rows: dict[str, np.ndarray] = {}
     as_received = np.argsort(groups, kind="stable")
@@ -200,9 +215,9 @@ def _merge_groups(
     rows.update(firsts(ordered(_BROWSER_RANK), BROWSER_FIRST_COLUMNS))
 
     # Money travels as one unit: value, currency, verification and items of one copy.
-    everything = np.ones(len(frame), dtype=bool)
+    everything = np.ones(len(rows_in), dtype=bool)
     first_any = _first_present(server_first, groups, everything, count)
-    first_valued = _first_present(server_first, groups, frame["value"].notna().to_numpy(), count)
+    first_valued = _first_present(server_first, groups, present("value"), count)
     money = np.where(first_valued >= 0, first_valued, first_any)
     for column in (*MONEY_COLUMNS, "source"):
         rows[column] = money
@@ -218,7 +233,7 @@ def _merge_groups(
 
     computed: dict[str, np.ndarray] = {}
     for column in CONSENT_COLUMNS:
-        values = frame[column].to_numpy(dtype=object, na_value=None)
+        values = objects(column)
         strictest = np.zeros(count, dtype=np.int64)
         np.maximum.at(strictest, groups, _rank_of(values, _CONSENT_RANK, 0))
         computed[column] = _CONSENT_BY_RANK[strictest]
@@ -297,7 +312,8 @@ def merge_copies(
     # Merged groups renumbered 0..k-1 in order of first appearance (as the former groupby).
     multi_codes, multi_groups = pd.factorize(groups[multi_rows])
     picked, computed, copies = _merge_groups(
-        keyed.iloc[multi_rows].reset_index(drop=True),
+        keyed,
+        multi_rows,
         multi_codes.astype(np.int64),
         len(multi_groups),
         max_event_age,
@@ -310,7 +326,13 @@ def merge_copies(
         return np.concatenate([single_rows, np.where(merged >= 0, multi_rows[merged], -1)])
 
     source_column = {"event_id": "conversion_event_id"}
-    index_of = {c: rows_of(source_column.get(c, c)) for c in (*picked, "event_id")}
+    taken = {*picked, "event_id"}
+    # The rows that set the output's order; every other column's rows are made as the
+    # column is taken (at a million records they were 0.25 GB held at once).
+    index_of = {
+        c: rows_of(source_column.get(c, c))
+        for c in ("event_id", "dedupe_key", events.HOUR_COLUMN, "received_at")
+    }
     hour = _nanos(keyed[events.HOUR_COLUMN])
     received = _nanos(keyed["received_at"])
 
@@ -329,9 +351,10 @@ def merge_copies(
     out: dict[str, object] = {}
     dtypes = events.column_dtypes(DEDUPED_COLUMNS)
     for column in DEDUPED_COLUMNS:
-        if column in index_of:
-            source = keyed[source_column.get(column, column)].array
-            out[column] = source.take(index_of[column][order], allow_fill=True)
+        if column in taken:
+            name = source_column.get(column, column)
+            rows = index_of[column] if column in index_of else rows_of(name)
+            out[column] = keyed[name].array.take(rows[order], allow_fill=True)
         elif column == "copies":
             counts = np.concatenate([np.ones(n_single, dtype=np.int64), copies])
             out[column] = counts[order]
