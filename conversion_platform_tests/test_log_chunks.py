@@ -8,12 +8,15 @@ import gzip
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import orjson
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from conversion_platform.ingest import log_chunks
 from conversion_platform.ingest.log_conversions import ingest_server_logs
+from conversion_platform.ingest.record_columns import concat_coerced
 from conversion_platform.store.tables import log_file_index
 
 H10 = datetime(2026, 3, 2, 10, tzinfo=UTC)
@@ -88,3 +91,48 @@ def test_one_pass_indexes_the_file_and_reads_the_window(engine, tmp_path: Path) 
     reasons = sorted(q.reason for q in result.quarantined)
     assert reasons.count("event_time is missing") == 3
     assert "not a combined access-log line" in reasons
+
+
+def test_an_hour_read_in_many_chunks_is_the_hour_read_in_one(
+    engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk's text becomes Arrow as it is coerced, and the chunks are chained: the
+    hour is the same as when it is one chunk, with plaintext hashed and gaps kept."""
+    lines = []
+    for i in range(40):
+        record = {
+            "event_id": f"c{i}",
+            "event_name": "purchase" if i % 2 else "lead",
+            "event_time": (H10 + timedelta(minutes=i)).isoformat(),
+            "email": f"Buyer{i % 5}@Example.com" if i % 3 else None,
+            "phone": "+1 415 555 0100" if i % 4 == 0 else None,
+            "order_id": i * 1000 if i % 5 == 0 else None,  # a number where text is expected
+            "value": 10.5 * i,
+            "currency": "USD",
+            "city": "San Francisco" if i % 2 else None,
+        }
+        lines.append(orjson.dumps({k: v for k, v in record.items() if v is not None}))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "app.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    one = ingest_server_logs(engine, logs, [], [H10]).frame
+    monkeypatch.setattr(log_chunks, "CHUNK_LINES", 3)
+    many = ingest_server_logs(engine, logs, [], [H10]).frame
+    pd.testing.assert_frame_equal(many, one)
+    assert len(many) == 40
+    assert str(many["email_sha256"].dtype) == str(many["event_id"].dtype) == "string"
+    assert many["email_sha256"].isna().sum() == 14  # i % 3 == 0 for 14 of 40
+    assert "email" not in many.columns
+    assert list(many["order_id"].dropna()) == [str(i * 1000) for i in range(0, 40, 5)]
+
+
+def test_coerced_chunks_of_arrow_text_are_chained_and_mixed_ones_become_objects() -> None:
+    arrow = pd.DataFrame({"t": pd.array(["a", None], dtype="string")})
+    more = pd.DataFrame({"t": pd.array(["b"], dtype="string")})
+    objects = pd.DataFrame({"t": np.array(["c", None], dtype=object)})
+    chained = concat_coerced([arrow, more])
+    assert str(chained["t"].dtype) == "string"
+    assert chained["t"].tolist() == ["a", pd.NA, "b"]
+    mixed = concat_coerced([arrow, objects])
+    assert mixed["t"].dtype == object
+    assert mixed["t"].tolist() == ["a", None, "c", None]

@@ -398,6 +398,11 @@ def concat_coerced(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
             columns[name] = pd.DatetimeIndex(
                 np.concatenate([p.dt.tz_convert(None).to_numpy() for p in parts])
             ).tz_localize("UTC")
+        elif all(isinstance(p.dtype, pd.StringDtype) for p in parts):
+            # Arrow text: the chunks' buffers are chained, not copied.
+            columns[name] = pd.concat(parts, ignore_index=True).array
+        elif any(isinstance(p.dtype, pd.StringDtype) for p in parts):
+            columns[name] = np.concatenate([p.to_numpy(dtype=object, na_value=None) for p in parts])
         else:
             columns[name] = np.concatenate([p.to_numpy() for p in parts])
     return column_frame(columns)
