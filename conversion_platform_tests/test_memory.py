@@ -1,4 +1,4 @@
-"""Arrow's allocator in a process that imports the platform (a fresh interpreter each)."""
+"""Giving memory back: Arrow's allocator and glibc's heap trim, each in a fresh interpreter."""
 
 from __future__ import annotations
 
