@@ -313,6 +313,18 @@ _PHASE_OF_EVENT = {
 }
 
 
+def phase_before(kind: str, previous: str | None) -> str:
+    """What a step spent the time before its event `kind` on (`previous`: its last event).
+
+    Dagster stores an output between STEP_OUTPUT and the output's ASSET_MATERIALIZATION
+    (HANDLED_OUTPUT follows at once), so that gap is the IO manager's write; any other
+    materialization was logged by the computation itself.
+    """
+    if kind == "ASSET_MATERIALIZATION" and previous == "STEP_OUTPUT":
+        return _PHASE_OF_EVENT["HANDLED_OUTPUT"]
+    return _PHASE_OF_EVENT.get(kind, "other")
+
+
 def run_step_timings(dagster_home: str) -> dict[str, Any]:
     """Child-process helper: step and phase durations of every run in a Dagster instance,
     from the event log in its run storage (oldest run first)."""
@@ -326,6 +338,7 @@ def run_step_timings(dagster_home: str) -> dict[str, Any]:
         entries = instance.all_logs(run.run_id)
         steps: dict[str, dict[str, Any]] = {}
         last: dict[str, float] = {}
+        previous: dict[str, str] = {}
         run_start = run_end = None
         for entry in entries:
             event = entry.dagster_event
@@ -345,10 +358,11 @@ def run_step_timings(dagster_home: str) -> dict[str, Any]:
                 last[step] = entry.timestamp
                 continue
             if step in last:
-                phase = _PHASE_OF_EVENT.get(kind, "other")
+                phase = phase_before(kind, previous.get(step))
                 gap = entry.timestamp - last[step]
                 info["phases"][phase] = round(info["phases"].get(phase, 0.0) + gap, 3)
                 last[step] = entry.timestamp
+            previous[step] = kind
             if kind in ("STEP_SUCCESS", "STEP_FAILURE"):
                 info["seconds"] = round(entry.timestamp - info.get("start", entry.timestamp), 3)
                 info["status"] = kind
