@@ -281,13 +281,35 @@ def as_string(series: pd.Series) -> pd.Series:
 
 
 def frames_by_hour(frame: pd.DataFrame) -> dict[pd.Timestamp, pd.DataFrame]:
-    """The frame's rows by their hour; a frame of one hour is itself (no copy of its rows)."""
+    """The frame's rows by their hour, hours in order, each hour's rows in their order (as
+    `groupby`; rows without an hour are left out); a frame of one hour is itself.
+
+    Each hour is a slice of the frame, not a copy: a range of hours loaded for a backfill
+    is its hours' frames one after the other, every column in one Arrow chunk per hour,
+    and a gather of one hour's rows out of a column in many chunks cost about a second
+    (a week, 168 chunks of 10,000 rows) against milliseconds from one array. A frame not
+    in hour order is put in order first, with one gather.
+    """
     if not len(frame):
         return {}
     hours = frame[HOUR_COLUMN]
     if (hours == hours.iloc[0]).all():
         return {hours.iloc[0]: frame}
-    return {hour: group for hour, group in frame.groupby(HOUR_COLUMN, sort=True)}
+    if not isinstance(hours.dtype, pd.DatetimeTZDtype):
+        return {hour: group for hour, group in frame.groupby(HOUR_COLUMN, sort=True)}
+    nanos = hours.dt.tz_convert(None).to_numpy().view(np.int64)
+    if (nanos[1:] < nanos[:-1]).any():
+        order = np.argsort(nanos, kind="stable")
+        frame, nanos = frame.take(order), nanos[order]
+        hours = frame[HOUR_COLUMN]
+    starts = np.flatnonzero(np.r_[True, nanos[1:] != nanos[:-1]])
+    stops = np.r_[starts[1:], len(nanos)]
+    missing = np.datetime64("NaT").view(np.int64)
+    return {
+        hours.iloc[start]: frame.iloc[start:stop]
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True)
+        if nanos[start] != missing
+    }
 
 
 def column_dtypes(columns: tuple[str, ...] | list[str]) -> dict[str, str]:

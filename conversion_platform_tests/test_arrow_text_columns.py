@@ -76,6 +76,37 @@ def test_a_frame_of_several_hours_is_split_by_hour_in_order() -> None:
     assert events.frames_by_hour(_frame([])) == {}
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_splitting_by_hour_gives_what_groupby_gives(shuffled: bool) -> None:
+    hours = [HOUR + timedelta(hours=h) for h in (0, 0, 1, 2, 2, 2, 5)]
+    frame = _frame(hours)
+    frame.loc[3, events.HOUR_COLUMN] = pd.NaT  # a row without an hour is left out, as groupby does
+    if shuffled:
+        frame = frame.sample(frac=1.0, random_state=3)
+    by_hour = events.frames_by_hour(frame)
+    expected = {hour: group for hour, group in frame.groupby(events.HOUR_COLUMN, sort=True)}
+    assert list(by_hour) == list(expected)
+    for hour, group in expected.items():
+        pd.testing.assert_frame_equal(by_hour[hour], group)
+
+
+def test_a_range_of_hours_is_split_into_slices_without_a_gather() -> None:
+    """A backfill's range is its hours' frames one after the other (one Arrow chunk each):
+    each hour comes back as its own rows in place, not gathered from every chunk."""
+    parts = [_frame([HOUR + timedelta(hours=h)] * 3) for h in range(4)]
+    frame = pd.concat(parts, ignore_index=True)
+    assert frame["event_id"].array._pa_array.num_chunks == 4
+    by_hour = events.frames_by_hour(frame)
+    assert len(by_hour) == 4
+    for part, (hour, group) in zip(parts, by_hour.items(), strict=True):
+        assert hour == part[events.HOUR_COLUMN].iloc[0]
+        chunks = group["event_id"].array._pa_array.chunks
+        assert len(chunks) == 1
+        # the hour's own buffer, not a copy
+        source = part["event_id"].array._pa_array.chunks[0]
+        assert chunks[0].buffers()[2].address == source.buffers()[2].address
+
+
 def test_events_without_consent_lose_identifiers_on_arrow_columns() -> None:
     frame = pd.DataFrame(
         {

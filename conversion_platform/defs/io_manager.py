@@ -42,11 +42,7 @@ class HourlyParquetIOManager(dg.ConfigurableIOManager):
             # One hour (what the hourly schedule runs): the frame as it is, no split, no copy.
             self._write(context.asset_key, keys[0], obj)
             return
-        by_hour = (
-            {hour: group for hour, group in obj.groupby(events.HOUR_COLUMN, sort=False)}
-            if hours is not None
-            else {}
-        )
+        by_hour = events.frames_by_hour(obj) if hours is not None else {}
         for key in keys:
             part = by_hour.get(starts[key])
             self._write(context.asset_key, key, obj.iloc[0:0] if part is None else part)
