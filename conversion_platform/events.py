@@ -286,9 +286,9 @@ def frames_by_hour(frame: pd.DataFrame) -> dict[pd.Timestamp, pd.DataFrame]:
 
     Each hour is a slice of the frame, not a copy: a range of hours loaded for a backfill
     is its hours' frames one after the other, every column in one Arrow chunk per hour,
-    and a gather of one hour's rows out of a column in many chunks cost about a second
-    (a week, 168 chunks of 10,000 rows) against milliseconds from one array. A frame not
-    in hour order is put in order first, with one gather.
+    and gathering each hour out of all the chunks copied the whole range, in time growing
+    with the square of the hours (a week's resolved range, 168 chunks: 4.15 s a split,
+    against 0.08 s). A frame not in hour order is put in order first, with one gather.
     """
     if not len(frame):
         return {}
