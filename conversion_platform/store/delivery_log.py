@@ -63,16 +63,21 @@ def settled_event_ids(conn: Connection, destination: str, event_ids: list[str]) 
 
     One query for all of them: the ids go as one JSON array (SQLite's `json_each`) or one
     array parameter (PostgreSQL's `= ANY`), not as thousands of bound parameters.
+
+    On SQLite the ids drive the query (`CROSS JOIN` fixes the order): each is one seek in
+    the primary key. Left to itself, SQLite's planner read every settled event of the
+    destination from the status index instead, so each hour of a backfill read all the
+    hours before it (a 96-hour backfill spent 38 of its 350 s there).
     """
     if not event_ids:
         return set()
     statuses = sorted(SETTLED_STATUSES)
     if conn.dialect.name == "sqlite":
         sql = (
-            "SELECT event_id FROM delivery_events WHERE destination = ? "
-            "AND status IN ({s}) AND event_id IN (SELECT value FROM json_each(?))"
+            "SELECT e.event_id FROM json_each(?) AS ids CROSS JOIN delivery_events AS e "
+            "ON e.destination = ? AND e.event_id = ids.value WHERE e.status IN ({s})"
         ).format(s=", ".join("?" * len(statuses)))
-        rows = conn.exec_driver_sql(sql, (destination, *statuses, orjson.dumps(event_ids).decode()))
+        rows = conn.exec_driver_sql(sql, (orjson.dumps(event_ids).decode(), destination, *statuses))
         return {r[0] for r in rows}
     settled: set[str] = set()
     sql = (
