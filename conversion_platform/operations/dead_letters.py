@@ -37,6 +37,22 @@ class ReplayResult:
     hours: int
 
 
+def _chosen_events(where: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    """The events matching `where`, found by their keys first and then read by key.
+
+    The keys come from the (destination, hour, status) index alone. Asked for the other
+    columns in the same query, SQLite's planner (which has no statistics here) read every
+    row of the destination instead, so each hour's dead-lettering cost what the whole
+    log costs, and a backfill's hours each read all the hours before them.
+    """
+    keys = (
+        sa.select(delivery_events.c.destination, delivery_events.c.event_id)
+        .where(where)
+        .correlate(None)
+    )
+    return sa.tuple_(delivery_events.c.destination, delivery_events.c.event_id).in_(keys)
+
+
 def _move_to_dead_letters(
     conn: Connection,
     where: sa.ColumnElement[bool],
@@ -48,6 +64,7 @@ def _move_to_dead_letters(
 
     `reason` None keeps each event's own; `new_status` None keeps its delivery-log status.
     """
+    chosen = _chosen_events(where)
     rows = conn.execute(
         sa.select(
             delivery_events.c.destination,
@@ -56,7 +73,7 @@ def _move_to_dead_letters(
             delivery_events.c.hour_us,
             delivery_events.c.reason,
             delivery_events.c.attempts,
-        ).where(where)
+        ).where(chosen)
     ).fetchall()
     if not rows:
         return 0
@@ -86,7 +103,7 @@ def _move_to_dead_letters(
             )
         conn.execute(dead_letters.insert(), chunk)
     if new_status is not None:
-        update = delivery_events.update().where(where).values(status=new_status, updated_at_us=now)
+        update = delivery_events.update().where(chosen).values(status=new_status, updated_at_us=now)
         if reason is not None:
             update = update.values(reason=reason[:1_000])
         conn.execute(update)

@@ -1,0 +1,142 @@
+"""Dead-lettering an hour's events reads that hour's index entries, not the whole log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from conversion_platform.operations.dead_letters import (
+    KIND_REJECTED,
+    KIND_RETRIES_EXHAUSTED,
+    dead_letter_exhausted,
+    dead_letter_rejected,
+)
+from conversion_platform.settings import Settings
+from conversion_platform.store import delivery_log as log
+from conversion_platform.store.database import create_database_engine
+from conversion_platform.store.operations_tables import dead_letters
+from conversion_platform.store.tables import delivery_events
+from conversion_platform.store.timecodes import to_micros
+
+HOUR = datetime(2026, 11, 29, 10, tzinfo=UTC)
+EARLIER = HOUR - timedelta(hours=1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Engine]:
+    """The platform's database: SQLite, and PostgreSQL when the test server is configured."""
+    url = settings.db_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    engine = create_database_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def _record(
+    engine: Engine,
+    destination: str,
+    hour: datetime,
+    ids: list[str],
+    status: str,
+    reason: str | None,
+) -> None:
+    with engine.begin() as conn:
+        log.record_event_outcomes(
+            conn,
+            destination,
+            hour,
+            [log.EventOutcome(i, "purchase", status, reason, batch_id=None) for i in ids],
+        )
+
+
+def _letters(engine: Engine) -> dict[tuple[str, str], tuple[str, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                dead_letters.c.destination,
+                dead_letters.c.event_id,
+                dead_letters.c.kind,
+                dead_letters.c.reason,
+            )
+        ).fetchall()
+    return {(r.destination, r.event_id): (r.kind, r.reason) for r in rows}
+
+
+def _statuses(engine: Engine, destination: str) -> dict[str, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(delivery_events.c.event_id, delivery_events.c.status).where(
+                delivery_events.c.destination == destination
+            )
+        ).fetchall()
+    return {r.event_id: r.status for r in rows}
+
+
+def test_an_hours_rejections_and_exhausted_retries_are_dead_lettered_and_no_others(
+    store: Engine,
+) -> None:
+    """The hour's rejected events of the destination are dead-lettered once, with their
+    own reasons; those of another hour or destination wait for their own turn. Giving up
+    on an hour's retries dead-letters its retryable events only, and marks them."""
+    _record(store, "meta", HOUR, ["r1", "r2"], log.EVENT_PERMANENT, "no event_source_url")
+    _record(store, "meta", HOUR, ["ok"], log.EVENT_DELIVERED, None)
+    _record(store, "meta", HOUR, ["w1", "w2"], log.EVENT_RETRYABLE, "HTTP 503")
+    _record(store, "meta", EARLIER, ["old-r"], log.EVENT_PERMANENT, "too old")
+    _record(store, "meta", EARLIER, ["old-w"], log.EVENT_RETRYABLE, "HTTP 503")
+    _record(store, "tiktok", HOUR, ["t1"], log.EVENT_PERMANENT, "bad pixel")
+
+    assert dead_letter_rejected(store, "meta", [HOUR]) == 2
+    assert dead_letter_rejected(store, "meta", [HOUR]) == 0  # once only
+    assert _letters(store) == {
+        ("meta", "r1"): (KIND_REJECTED, "no event_source_url"),
+        ("meta", "r2"): (KIND_REJECTED, "no event_source_url"),
+    }
+    assert dead_letter_rejected(store, "meta", [HOUR, EARLIER]) == 1
+    assert ("meta", "old-r") in _letters(store)
+
+    with store.begin() as conn:
+        moved = dead_letter_exhausted(conn, "meta", to_micros(HOUR), "retries ran out")
+    assert moved == 2
+    letters = _letters(store)
+    assert letters[("meta", "w1")] == (KIND_RETRIES_EXHAUSTED, "retries ran out")
+    assert ("meta", "old-w") not in letters and ("tiktok", "t1") not in letters
+    statuses = _statuses(store, "meta")
+    assert statuses["w1"] == statuses["w2"] == log.EVENT_DEAD_LETTER
+    assert statuses["old-w"] == log.EVENT_RETRYABLE
+    assert statuses["r1"] == log.EVENT_PERMANENT and statuses["ok"] == log.EVENT_DELIVERED
+
+
+def test_dead_lettering_an_hour_seeks_its_index_entries_instead_of_reading_the_log(
+    settings: Settings,
+) -> None:
+    """On SQLite the hour's events are found in the (destination, hour, status) index and
+    read by key: no statement reads the destination's whole log, which a delivery run
+    did for every hour it delivered (a backfill's hours each read all those before)."""
+    engine = create_database_engine(settings.db_url)
+    for n in range(5):
+        hour = HOUR - timedelta(hours=n)
+        _record(engine, "meta", hour, [f"d{n}-{i}" for i in range(300)], log.EVENT_DELIVERED, "")
+        _record(engine, "meta", hour, [f"p{n}-{i}" for i in range(20)], log.EVENT_PERMANENT, "no")
+        _record(engine, "meta", hour, [f"w{n}-{i}" for i in range(20)], log.EVENT_RETRYABLE, "503")
+    plans: list[str] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def explain(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if "delivery_events" in statement and not executemany:
+            rows = cursor.connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plans.append(" | ".join(str(row[-1]) for row in rows))
+
+    assert dead_letter_rejected(engine, "meta", [HOUR]) == 20
+    with engine.begin() as conn:
+        assert dead_letter_exhausted(conn, "meta", to_micros(HOUR), "gave up") == 20
+    engine.dispose()
+    assert len(plans) == 3  # the rejected, the exhausted, and the exhausted's update
+    for plan in plans:
+        assert "ix_delivery_events_dest_hour_status (destination=? AND hour_us=? AND status=?)" in (
+            plan
+        ), plan
+        assert "PRIMARY KEY (destination=?)" not in plan, plan
+        assert "SCAN delivery_events" not in plan, plan
