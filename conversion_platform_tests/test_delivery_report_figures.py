@@ -163,5 +163,8 @@ def test_the_reports_queries_read_only_the_hours_index_entries(settings: Setting
     for _sql, plan in on_log:
         assert "ix_delivery_events_dest_hour_status (destination=? AND hour_us=?" in plan, plan
         assert "PRIMARY KEY" not in plan and "SCAN" not in plan.replace("SCAN i", ""), plan
+    # The hour's dead letters too: a seek per destination, not a read of every hour's.
+    (dead_plan,) = [plan for sql, plan in plans if "FROM dead_letters" in sql]
+    assert "ix_dead_letters_dest_hour (destination=? AND hour_us=?)" in dead_plan, dead_plan
     counts_plan = next(plan for sql, plan in on_log if "UNION ALL" in sql)
     assert "COVERING INDEX ix_delivery_events_dest_hour_status" in counts_plan

@@ -194,7 +194,7 @@ def hour_delivery_report(
         dead = pd.DataFrame(
             conn.execute(
                 sa.select(dead_letters.c.destination, dead_letters.c.kind, sa.func.count())
-                .where(dead_letters.c.hour_us == hour_us)
+                .where(dead_letters.c.destination.in_(known), dead_letters.c.hour_us == hour_us)
                 .group_by(dead_letters.c.destination, dead_letters.c.kind)
             ).fetchall(),
             columns=["destination", "kind", "events"],
