@@ -111,6 +111,7 @@ def test_a_database_made_before_the_status_index_gets_it_on_the_next_start(store
     for processes of the previous version), and the report's figures are unchanged."""
     with store.begin() as conn:
         conn.exec_driver_sql("DROP INDEX ix_delivery_events_dest_hour_status")
+        conn.exec_driver_sql("DROP INDEX ix_delivery_events_rejected_updated")
         conn.exec_driver_sql(
             "CREATE INDEX ix_delivery_events_dest_hour ON delivery_events (destination, hour_us)"
         )
@@ -129,6 +130,8 @@ def test_a_database_made_before_the_status_index_gets_it_on_the_next_start(store
             "status",
         ]
         assert columns["ix_delivery_events_dest_hour"] == ["destination", "hour_us"]
+        # and the retry sweep's partial index of rejected events, made since
+        assert columns["ix_delivery_events_rejected_updated"] == ["updated_at_us"]
         (meta,) = hour_delivery_report(first, HOUR, ["meta"], pd.DataFrame())
         assert meta.figures["delivered"] == 3
     finally:

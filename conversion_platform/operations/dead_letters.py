@@ -19,7 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from conversion_platform.store import delivery_log as log
-from conversion_platform.store.operations_tables import dead_letters, delivery_retries
+from conversion_platform.store.operations_tables import (
+    dead_letters,
+    delivery_events_rejected_by_update,
+    delivery_retries,
+)
 from conversion_platform.store.tables import delivery_events
 from conversion_platform.store.timecodes import now_micros, to_micros
 
@@ -55,16 +59,15 @@ def _chosen_events(where: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
 
 def _move_to_dead_letters(
     conn: Connection,
-    where: sa.ColumnElement[bool],
+    chosen: sa.ColumnElement[bool],
     kind: str,
     reason: str | None,
     new_status: str | None,
 ) -> int:
-    """Dead-letter the delivery events matching `where`.
+    """Dead-letter the delivery events `chosen` names (see `_chosen_events`).
 
     `reason` None keeps each event's own; `new_status` None keeps its delivery-log status.
     """
-    chosen = _chosen_events(where)
     rows = conn.execute(
         sa.select(
             delivery_events.c.destination,
@@ -131,10 +134,37 @@ def dead_letter_rejected(
         where = sa.and_(where, delivery_events.c.destination == destination)
     if hours is not None:
         where = sa.and_(where, delivery_events.c.hour_us.in_([to_micros(h) for h in hours]))
-    if updated_since is not None:
-        where = sa.and_(where, delivery_events.c.updated_at_us >= to_micros(updated_since))
     with engine.begin() as conn:
-        return _move_to_dead_letters(conn, where, KIND_REJECTED, None, None)
+        if updated_since is None:
+            chosen = _chosen_events(where)
+        elif destination is None and hours is None:
+            chosen = _rejected_since(conn, to_micros(updated_since))
+        else:
+            since = delivery_events.c.updated_at_us >= to_micros(updated_since)
+            chosen = _chosen_events(sa.and_(where, since))
+        return _move_to_dead_letters(conn, chosen, KIND_REJECTED, None, None)
+
+
+def _rejected_since(conn: Connection, since_us: int) -> sa.ColumnElement[bool]:
+    """Rejected events recorded since `since_us` and not dead-lettered (the retry sensor's
+    sweep), found in the partial index of rejected events by update time.
+
+    SQLite is told the index (`INDEXED BY`): without statistics its planner prefers the
+    status index's equality, every rejection ever recorded, read each minute.
+    """
+    hint = f" INDEXED BY {delivery_events_rejected_by_update.name}"
+    keys = (
+        sa.text(
+            "SELECT k.destination, k.event_id FROM delivery_events AS k"
+            + (hint if conn.dialect.name == "sqlite" else "")
+            + f" WHERE k.status = '{log.EVENT_PERMANENT}' AND k.updated_at_us >= :since"
+            " AND NOT EXISTS (SELECT 1 FROM dead_letters AS d"
+            " WHERE d.destination = k.destination AND d.event_id = k.event_id)"
+        )
+        .bindparams(since=since_us)
+        .columns(destination=sa.Text, event_id=sa.Text)
+    )
+    return sa.tuple_(delivery_events.c.destination, delivery_events.c.event_id).in_(keys)
 
 
 def dead_letter_exhausted(conn: Connection, destination: str, hour_us: int, reason: str) -> int:
@@ -144,7 +174,9 @@ def dead_letter_exhausted(conn: Connection, destination: str, hour_us: int, reas
         delivery_events.c.hour_us == hour_us,
         delivery_events.c.status == log.EVENT_RETRYABLE,
     )
-    return _move_to_dead_letters(conn, where, KIND_RETRIES_EXHAUSTED, reason, log.EVENT_DEAD_LETTER)
+    return _move_to_dead_letters(
+        conn, _chosen_events(where), KIND_RETRIES_EXHAUSTED, reason, log.EVENT_DEAD_LETTER
+    )
 
 
 def replay_dead_letters(
