@@ -67,3 +67,12 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_database(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Engine]:
+    """The platform's database: SQLite, and PostgreSQL when the test server is configured."""
+    url = settings.db_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    engine = create_database_engine(url)
+    yield engine
+    engine.dispose()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -22,35 +20,10 @@ from conversion_platform.store.database import create_database_engine
 from conversion_platform.store.operations_tables import dead_letters
 from conversion_platform.store.tables import delivery_events
 from conversion_platform.store.timecodes import to_micros
+from conversion_platform_tests.delivery_log_support import record_outcomes, record_query_plans
 
 HOUR = datetime(2026, 11, 29, 10, tzinfo=UTC)
 EARLIER = HOUR - timedelta(hours=1)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Engine]:
-    """The platform's database: SQLite, and PostgreSQL when the test server is configured."""
-    url = settings.db_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    engine = create_database_engine(url)
-    yield engine
-    engine.dispose()
-
-
-def _record(
-    engine: Engine,
-    destination: str,
-    hour: datetime,
-    ids: list[str],
-    status: str,
-    reason: str | None,
-) -> None:
-    with engine.begin() as conn:
-        log.record_event_outcomes(
-            conn,
-            destination,
-            hour,
-            [log.EventOutcome(i, "purchase", status, reason, batch_id=None) for i in ids],
-        )
 
 
 def _letters(engine: Engine) -> dict[tuple[str, str], tuple[str, str]]:
@@ -77,34 +50,36 @@ def _statuses(engine: Engine, destination: str) -> dict[str, str]:
 
 
 def test_an_hours_rejections_and_exhausted_retries_are_dead_lettered_and_no_others(
-    store: Engine,
+    either_database: Engine,
 ) -> None:
     """The hour's rejected events of the destination are dead-lettered once, with their
     own reasons; those of another hour or destination wait for their own turn. Giving up
     on an hour's retries dead-letters its retryable events only, and marks them."""
-    _record(store, "meta", HOUR, ["r1", "r2"], log.EVENT_PERMANENT, "no event_source_url")
-    _record(store, "meta", HOUR, ["ok"], log.EVENT_DELIVERED, None)
-    _record(store, "meta", HOUR, ["w1", "w2"], log.EVENT_RETRYABLE, "HTTP 503")
-    _record(store, "meta", EARLIER, ["old-r"], log.EVENT_PERMANENT, "too old")
-    _record(store, "meta", EARLIER, ["old-w"], log.EVENT_RETRYABLE, "HTTP 503")
-    _record(store, "tiktok", HOUR, ["t1"], log.EVENT_PERMANENT, "bad pixel")
+    record_outcomes(
+        either_database, "meta", HOUR, ["r1", "r2"], log.EVENT_PERMANENT, "no event_source_url"
+    )
+    record_outcomes(either_database, "meta", HOUR, ["ok"], log.EVENT_DELIVERED, None)
+    record_outcomes(either_database, "meta", HOUR, ["w1", "w2"], log.EVENT_RETRYABLE, "HTTP 503")
+    record_outcomes(either_database, "meta", EARLIER, ["old-r"], log.EVENT_PERMANENT, "too old")
+    record_outcomes(either_database, "meta", EARLIER, ["old-w"], log.EVENT_RETRYABLE, "HTTP 503")
+    record_outcomes(either_database, "tiktok", HOUR, ["t1"], log.EVENT_PERMANENT, "bad pixel")
 
-    assert dead_letter_rejected(store, "meta", [HOUR]) == 2
-    assert dead_letter_rejected(store, "meta", [HOUR]) == 0  # once only
-    assert _letters(store) == {
+    assert dead_letter_rejected(either_database, "meta", [HOUR]) == 2
+    assert dead_letter_rejected(either_database, "meta", [HOUR]) == 0  # once only
+    assert _letters(either_database) == {
         ("meta", "r1"): (KIND_REJECTED, "no event_source_url"),
         ("meta", "r2"): (KIND_REJECTED, "no event_source_url"),
     }
-    assert dead_letter_rejected(store, "meta", [HOUR, EARLIER]) == 1
-    assert ("meta", "old-r") in _letters(store)
+    assert dead_letter_rejected(either_database, "meta", [HOUR, EARLIER]) == 1
+    assert ("meta", "old-r") in _letters(either_database)
 
-    with store.begin() as conn:
+    with either_database.begin() as conn:
         moved = dead_letter_exhausted(conn, "meta", to_micros(HOUR), "retries ran out")
     assert moved == 2
-    letters = _letters(store)
+    letters = _letters(either_database)
     assert letters[("meta", "w1")] == (KIND_RETRIES_EXHAUSTED, "retries ran out")
     assert ("meta", "old-w") not in letters and ("tiktok", "t1") not in letters
-    statuses = _statuses(store, "meta")
+    statuses = _statuses(either_database, "meta")
     assert statuses["w1"] == statuses["w2"] == log.EVENT_DEAD_LETTER
     assert statuses["old-w"] == log.EVENT_RETRYABLE
     assert statuses["r1"] == log.EVENT_PERMANENT and statuses["ok"] == log.EVENT_DELIVERED
@@ -119,16 +94,16 @@ def test_dead_lettering_an_hour_seeks_its_index_entries_instead_of_reading_the_l
     engine = create_database_engine(settings.db_url)
     for n in range(5):
         hour = HOUR - timedelta(hours=n)
-        _record(engine, "meta", hour, [f"d{n}-{i}" for i in range(300)], log.EVENT_DELIVERED, "")
-        _record(engine, "meta", hour, [f"p{n}-{i}" for i in range(20)], log.EVENT_PERMANENT, "no")
-        _record(engine, "meta", hour, [f"w{n}-{i}" for i in range(20)], log.EVENT_RETRYABLE, "503")
-    plans: list[str] = []
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def explain(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        if "delivery_events" in statement and not executemany:
-            rows = cursor.connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
-            plans.append(" | ".join(str(row[-1]) for row in rows))
+        record_outcomes(
+            engine, "meta", hour, [f"d{n}-{i}" for i in range(300)], log.EVENT_DELIVERED, ""
+        )
+        record_outcomes(
+            engine, "meta", hour, [f"p{n}-{i}" for i in range(20)], log.EVENT_PERMANENT, "no"
+        )
+        record_outcomes(
+            engine, "meta", hour, [f"w{n}-{i}" for i in range(20)], log.EVENT_RETRYABLE, "503"
+        )
+    plans = record_query_plans(engine, lambda statement: "delivery_events" in statement)
 
     assert dead_letter_rejected(engine, "meta", [HOUR]) == 20
     with engine.begin() as conn:
@@ -141,7 +116,7 @@ def test_dead_lettering_an_hour_seeks_its_index_entries_instead_of_reading_the_l
         r"ix_delivery_events_dest_hour_status \(destination=\? AND hour_us=\? AND status=\?\)"
         r"|ix_delivery_events_status \(status=\? AND destination=\? AND hour_us=\?\)"
     )
-    for plan in plans:
+    for _statement, plan in plans:
         assert hour_seek.search(plan), plan
         assert "PRIMARY KEY (destination=?)" not in plan, plan
         assert "SCAN delivery_events" not in plan, plan
@@ -157,22 +132,26 @@ def _age(engine: Engine, event_ids: list[str], updated: datetime) -> None:
 
 
 def test_the_sweep_dead_letters_recent_rejections_a_run_missed_and_no_others(
-    store: Engine,
+    either_database: Engine,
 ) -> None:
     """The retry sensor's sweep takes rejections recorded since its moment that are not
     dead-lettered yet, of any destination and hour; older ones are left alone."""
     now = datetime.now(UTC)
-    _record(store, "meta", EARLIER, ["recent-m"], log.EVENT_PERMANENT, "no consent")
-    _record(store, "tiktok", HOUR, ["recent-t"], log.EVENT_PERMANENT, "bad pixel")
-    _record(store, "meta", HOUR, ["old"], log.EVENT_PERMANENT, "too old")
-    _record(store, "meta", HOUR, ["waiting"], log.EVENT_RETRYABLE, "HTTP 503")
-    _age(store, ["old"], now - timedelta(days=5))
+    record_outcomes(
+        either_database, "meta", EARLIER, ["recent-m"], log.EVENT_PERMANENT, "no consent"
+    )
+    record_outcomes(either_database, "tiktok", HOUR, ["recent-t"], log.EVENT_PERMANENT, "bad pixel")
+    record_outcomes(either_database, "meta", HOUR, ["old"], log.EVENT_PERMANENT, "too old")
+    record_outcomes(either_database, "meta", HOUR, ["waiting"], log.EVENT_RETRYABLE, "HTTP 503")
+    _age(either_database, ["old"], now - timedelta(days=5))
 
-    assert dead_letter_rejected(store, updated_since=now - timedelta(days=2)) == 2
-    assert set(_letters(store)) == {("meta", "recent-m"), ("tiktok", "recent-t")}
-    assert dead_letter_rejected(store, updated_since=now - timedelta(days=2)) == 0
-    assert dead_letter_rejected(store, updated_since=now - timedelta(days=7)) == 1
-    assert ("meta", "old") in _letters(store) and ("meta", "waiting") not in _letters(store)
+    assert dead_letter_rejected(either_database, updated_since=now - timedelta(days=2)) == 2
+    assert set(_letters(either_database)) == {("meta", "recent-m"), ("tiktok", "recent-t")}
+    assert dead_letter_rejected(either_database, updated_since=now - timedelta(days=2)) == 0
+    assert dead_letter_rejected(either_database, updated_since=now - timedelta(days=7)) == 1
+    assert ("meta", "old") in _letters(either_database) and ("meta", "waiting") not in _letters(
+        either_database
+    )
 
 
 def test_the_sweep_reads_the_recent_rejections_only(settings: Settings) -> None:
@@ -182,20 +161,18 @@ def test_the_sweep_reads_the_recent_rejections_only(settings: Settings) -> None:
     now = datetime.now(UTC)
     for n in range(4):
         ids = [f"p{n}-{i}" for i in range(50)]
-        _record(engine, "meta", HOUR - timedelta(hours=n), ids, log.EVENT_PERMANENT, "no")
-        _record(engine, "meta", HOUR - timedelta(hours=n), [f"d{n}"], log.EVENT_DELIVERED, None)
+        record_outcomes(engine, "meta", HOUR - timedelta(hours=n), ids, log.EVENT_PERMANENT, "no")
+        record_outcomes(
+            engine, "meta", HOUR - timedelta(hours=n), [f"d{n}"], log.EVENT_DELIVERED, None
+        )
         if n:
             _age(engine, ids, now - timedelta(days=30))
-    plans: list[str] = []
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def explain(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        if "delivery_events" in statement and statement.lstrip().upper().startswith("SELECT"):
-            rows = cursor.connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
-            plans.append(" | ".join(str(row[-1]) for row in rows))
+    plans = record_query_plans(
+        engine, lambda s: "delivery_events" in s and s.lstrip().upper().startswith("SELECT")
+    )
 
     assert dead_letter_rejected(engine, updated_since=now - timedelta(days=2)) == 50
     engine.dispose()
-    (plan,) = plans
+    ((_statement, plan),) = plans
     assert "ix_delivery_events_rejected_updated (updated_at_us>?)" in plan, plan
     assert "ix_delivery_events_status" not in plan and "SCAN" not in plan, plan

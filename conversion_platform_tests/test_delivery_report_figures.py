@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pandas as pd
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -16,16 +14,7 @@ from conversion_platform.operations.delivery_report import hour_delivery_report
 from conversion_platform.settings import Settings
 from conversion_platform.store import delivery_log as log
 from conversion_platform.store.database import create_database_engine
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Engine]:
-    """The platform's database: SQLite, and PostgreSQL when the test server is configured."""
-    url = settings.db_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    engine = create_database_engine(url)
-    yield engine
-    engine.dispose()
-
+from conversion_platform_tests.delivery_log_support import record_query_plans
 
 HOUR = datetime(2026, 11, 29, 10, tzinfo=UTC)
 OTHER_HOUR = datetime(2026, 11, 29, 11, tzinfo=UTC)
@@ -40,8 +29,8 @@ def _outcomes(
     ]
 
 
-def test_figures_per_destination_from_the_log(store: Engine) -> None:
-    with store.begin() as conn:
+def test_figures_per_destination_from_the_log(either_database: Engine) -> None:
+    with either_database.begin() as conn:
         log.record_event_outcomes(
             conn,
             "meta",
@@ -59,7 +48,7 @@ def test_figures_per_destination_from_the_log(store: Engine) -> None:
         # Another hour's outcomes are not this hour's.
         log.record_event_outcomes(conn, "meta", OTHER_HOUR, _outcomes("o", 5, log.EVENT_DELIVERED))
 
-    assert dead_letter_rejected(store, "meta", [HOUR]) == 3
+    assert dead_letter_rejected(either_database, "meta", [HOUR]) == 3
 
     # d0-d2 only the backend saw (the pixel missed them); d3-d5 the pixel saw too.
     conversions = pd.DataFrame(
@@ -71,7 +60,9 @@ def test_figures_per_destination_from_the_log(store: Engine) -> None:
     )
     reports = {
         r.destination: r
-        for r in hour_delivery_report(store, HOUR, ["meta", "tiktok", "snapchat"], conversions)
+        for r in hour_delivery_report(
+            either_database, HOUR, ["meta", "tiktok", "snapchat"], conversions
+        )
     }
 
     assert list(reports) == ["meta", "tiktok", "snapchat"]
@@ -96,27 +87,31 @@ def test_figures_per_destination_from_the_log(store: Engine) -> None:
     assert snapchat["eligible"] == 0 and snapchat["server_recovered_share"] == 0.0
 
 
-def test_without_the_sources_column_no_conversion_counts_as_server_only(store: Engine) -> None:
-    with store.begin() as conn:
+def test_without_the_sources_column_no_conversion_counts_as_server_only(
+    either_database: Engine,
+) -> None:
+    with either_database.begin() as conn:
         log.record_event_outcomes(conn, "meta", HOUR, _outcomes("d", 2, log.EVENT_DELIVERED))
     frame = pd.DataFrame({"event_id": ["d0", "d1"]})
-    (meta,) = hour_delivery_report(store, HOUR, ["meta"], frame)
+    (meta,) = hour_delivery_report(either_database, HOUR, ["meta"], frame)
     assert meta.figures["delivered"] == 2
     assert meta.figures["server_only"] == 0
 
 
-def test_a_database_made_before_the_status_index_gets_it_on_the_next_start(store: Engine) -> None:
+def test_a_database_made_before_the_status_index_gets_it_on_the_next_start(
+    either_database: Engine,
+) -> None:
     """The delivery log's (destination, hour) index became (destination, hour, status): an
     older database gains the new index when the platform next opens it (the old one stays
     for processes of the previous version), and the report's figures are unchanged."""
-    with store.begin() as conn:
+    with either_database.begin() as conn:
         conn.exec_driver_sql("DROP INDEX ix_delivery_events_dest_hour_status")
         conn.exec_driver_sql("DROP INDEX ix_delivery_events_rejected_updated")
         conn.exec_driver_sql(
             "CREATE INDEX ix_delivery_events_dest_hour ON delivery_events (destination, hour_us)"
         )
         log.record_event_outcomes(conn, "meta", HOUR, _outcomes("d", 3, log.EVENT_DELIVERED))
-    url = store.url.render_as_string(hide_password=False)
+    url = either_database.url.render_as_string(hide_password=False)
     # Two processes opening it at once: the second finds the index being or already made.
     first, second = create_database_engine(url), create_database_engine(url)
     try:
@@ -148,13 +143,9 @@ def test_the_reports_queries_read_only_the_hours_index_entries(settings: Setting
         for hour in (HOUR, OTHER_HOUR):
             log.record_event_outcomes(conn, "meta", hour, _outcomes("d", 4, log.EVENT_DELIVERED))
             log.record_event_outcomes(conn, "meta", hour, _outcomes("p", 2, log.EVENT_PERMANENT))
-    plans: list[tuple[str, str]] = []
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def explain(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        if statement.lstrip().upper().startswith("SELECT") and "hour_us" in statement:
-            rows = cursor.connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
-            plans.append((statement, " | ".join(str(row[-1]) for row in rows)))
+    plans = record_query_plans(
+        engine, lambda s: s.lstrip().upper().startswith("SELECT") and "hour_us" in s
+    )
 
     conversions = pd.DataFrame({"event_id": ["d0", "d1"], "sources": ["server", "pixel"]})
     (meta,) = hour_delivery_report(engine, HOUR, ["meta"], conversions)
