@@ -13,6 +13,7 @@ from conversion_platform.store.database import (
     WAL_CHECKPOINT_PAGES,
     WAL_SIZE_LIMIT_BYTES,
     create_database_engine,
+    memory_mapped_reads,
 )
 from conversion_platform.store.landing import read_landing_events
 
@@ -58,9 +59,13 @@ def _mapped(path: Path) -> bool:
 @pytest.mark.skipif(
     not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps, which only Linux has"
 )
-def test_a_connection_back_in_the_pool_keeps_no_database_pages_mapped(tmp_path: Path) -> None:
+def test_only_bulk_reads_map_the_database_and_nothing_stays_mapped(tmp_path: Path) -> None:
+    """Connections read without a memory map, but for the bulk reads that gain from one
+    (the landing table's hour), which drop their map when done; a connection back in the
+    pool has nothing mapped, even when a mapped read did not end."""
     path = tmp_path / "platform.db"
     engine = create_database_engine(f"sqlite:///{path}")
+    count = "SELECT count(*), max(page_url) FROM landing_events"
     try:
         generate_and_land(engine, [HOUR], 2_000, seed=5)
         with engine.connect() as conn:  # pages still in the WAL are read from there, unmapped
@@ -68,18 +73,25 @@ def test_a_connection_back_in_the_pool_keeps_no_database_pages_mapped(tmp_path: 
         # Two connections at once, so the pool holds more than one.
         with engine.connect() as first, engine.connect() as second:
             for conn in (first, second):
-                conn.exec_driver_sql("SELECT count(*), max(page_url) FROM landing_events").one()
-            assert _mapped(path)  # while in use, reads go through the map
+                assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == 0
+                conn.exec_driver_sql(count).one()
+            assert not _mapped(path)  # ordinary reads: no map
+            with memory_mapped_reads(first):
+                first.exec_driver_sql(count).one()
+                assert _mapped(path)  # a bulk read goes through the map
+            assert not _mapped(path)  # and drops it when done
+            # A mapped read that does not end (an exception between the two): the pool's
+            # check-in unmaps it.
+            first.exec_driver_sql(f"PRAGMA mmap_size={MMAP_SIZE_BYTES}")
+            first.exec_driver_sql(count).one()
+            assert _mapped(path)
         assert not _mapped(path)
 
         frame = read_landing_events(engine, HOUR, HOUR + timedelta(hours=1))
 
         assert len(frame) == 2_000
         assert not _mapped(path)
-        # The setting itself is kept: the next read maps the pages again.
         with engine.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == MMAP_SIZE_BYTES
-            conn.exec_driver_sql("SELECT count(*), max(page_url) FROM landing_events").one()
-            assert _mapped(path)
+            assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == 0
     finally:
         engine.dispose()

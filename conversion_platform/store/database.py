@@ -7,7 +7,8 @@ PostgreSQL is the production choice. Both are reached through SQLAlchemy 2.x Cor
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from conversion_platform.store import operations_tables  # (also registers its tables)
 from conversion_platform.store.tables import metadata
 
-#: Bytes of the database file each SQLite connection may read through a memory map.
+#: Bytes of the database file a bulk read may read through a memory map (`memory_mapped_reads`).
 MMAP_SIZE_BYTES = 1 << 30
 #: WAL pages (4 KiB each) between automatic checkpoints (SQLite's default is 1,000).
 WAL_CHECKPOINT_PAGES = 10_000
@@ -33,11 +34,10 @@ def _configure_sqlite(dbapi_connection, _record) -> None:  # type: ignore[no-unt
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
-    # Reading an hour of a million landing rows through memory-mapped pages instead of
-    # read() calls saves about a third of SQLite's time. Mapped pages count in the
-    # process's resident memory while they are mapped: `_release_memory_map` unmaps them
-    # when the connection goes back to the pool.
-    cursor.execute(f"PRAGMA mmap_size={MMAP_SIZE_BYTES}")
+    # No memory map but for the bulk reads that gain from one (`memory_mapped_reads`):
+    # unmapping a map the size of a large database costs tens of milliseconds, and a
+    # connection that mapped what it read had to unmap it on every return to the pool.
+    cursor.execute("PRAGMA mmap_size=0")
     # Checkpoint the WAL into the database every 40 MB instead of every 4 MB. The log, the
     # ledger and the identity graph have random keys, so every commit writes a page per row;
     # pages written again before the next checkpoint are copied back only once (each step
@@ -49,23 +49,46 @@ def _configure_sqlite(dbapi_connection, _record) -> None:  # type: ignore[no-unt
 
 
 def _release_memory_map(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    """On a connection's return to the pool: unmap the database pages it has mapped.
+    """On a connection's return to the pool: no memory map left behind.
 
     A mapped page counts in the process's resident memory for as long as it stays mapped,
-    and a pooled connection would keep its map while it waits. After reading a
-    million-row hour that was 690 MB of the pipeline's 4.5 GB peak, held through every
-    later stage. The pages stay in the page cache; the connection maps what it reads next
-    time (about 0.1 ms more for its first statement).
+    and a pooled connection would keep its map while it waits (after reading a
+    million-row hour, 690 MB of the pipeline's 4.5 GB peak, held through every later
+    stage). `memory_mapped_reads` unmaps when it ends; this catches a read it did not end
+    (an exception between the two). Nothing is mapped otherwise, so it costs a pragma.
     """
     if dbapi_connection is None:  # invalidated
         return
     try:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA mmap_size=0")  # unmaps at once
-        cursor.execute(f"PRAGMA mmap_size={MMAP_SIZE_BYTES}")
         cursor.close()
     except sqlite3.Error:
         pass  # the pages stay mapped until the next return: memory, not correctness
+
+
+@contextmanager
+def memory_mapped_reads(conn: Connection) -> Iterator[None]:
+    """Within: SQLite reads the database through a memory map (other databases: nothing).
+
+    Reading an hour of a million landing rows through mapped pages instead of read()
+    calls saves about a third of SQLite's time. Mapped pages count in the process's
+    resident memory, so the map is dropped when the read ends; the pages stay in the
+    page cache. Only for large reads: dropping a map costs time in proportion to the
+    pages it holds (on the week's backfill database, tens of milliseconds), which every
+    hour's transactions paid when all connections mapped their reads.
+    """
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    driver = conn.connection.driver_connection
+    driver.execute(f"PRAGMA mmap_size={MMAP_SIZE_BYTES}")  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        # On failure the pool's check-in unmaps it (`_release_memory_map`).
+        with suppress(sqlite3.Error):
+            driver.execute("PRAGMA mmap_size=0")  # type: ignore[union-attr]
 
 
 def create_database_engine(url: str) -> Engine:

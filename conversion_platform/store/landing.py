@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from conversion_platform import events
-from conversion_platform.store.database import can_copy, copy_rows
+from conversion_platform.store.database import can_copy, copy_rows, memory_mapped_reads
 from conversion_platform.store.tables import landing_events
 from conversion_platform.store.timecodes import series_from_micros, series_to_micros, to_micros
 
@@ -160,7 +160,7 @@ def read_landing_events(engine: Engine, start: datetime, end: datetime) -> pd.Da
         .order_by(landing_events.c.received_at_us, landing_events.c.id)
     )
     parts: list[pd.DataFrame] = []
-    with engine.connect() as conn:
+    with engine.connect() as conn, memory_mapped_reads(conn):
         result = conn.execute(query)
         # The driver's own cursor: SQLAlchemy's Row objects cost more than the query.
         cursor = result.cursor
