@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from conversion_platform.store.delivery_log import EVENT_PERMANENT
 from conversion_platform.store.tables import delivery_events, metadata
 
 #: The retry sensor asks each minute for events waiting (retryable) or just rejected
@@ -24,7 +25,7 @@ delivery_events_by_status = sa.Index(
 #: run did not dead-letter reads the last days' entries, where the status index alone
 #: made it look at every rejection ever recorded, each minute. Partial: only rejected
 #: events are in it, so the other outcomes' writes don't pay for it.
-_REJECTED = sa.literal_column("'permanent'")  # the delivery log's EVENT_PERMANENT
+_REJECTED = sa.literal_column(f"'{EVENT_PERMANENT}'")
 delivery_events_rejected_by_update = sa.Index(
     "ix_delivery_events_rejected_updated",
     delivery_events.c.updated_at_us,
