@@ -80,8 +80,7 @@ def test_only_bulk_reads_map_the_database_and_nothing_stays_mapped(tmp_path: Pat
                 first.exec_driver_sql(count).one()
                 assert _mapped(path)  # a bulk read goes through the map
             assert not _mapped(path)  # and drops it when done
-            # A mapped read that does not end (an exception between the two): the pool's
-            # check-in unmaps it.
+            # A map nothing dropped (set by hand here): the pool's check-in unmaps it.
             first.exec_driver_sql(f"PRAGMA mmap_size={MMAP_SIZE_BYTES}")
             first.exec_driver_sql(count).one()
             assert _mapped(path)

@@ -89,8 +89,9 @@ def test_dead_lettering_an_hour_seeks_its_index_entries_instead_of_reading_the_l
     settings: Settings,
 ) -> None:
     """On SQLite the hour's events are found in a status index, seeking destination, hour
-    and status at once, and read by key: no statement reads the destination's whole log, which a delivery run
-    did for every hour it delivered (a backfill's hours each read all those before)."""
+    and status at once, and read by key: no statement reads the destination's whole log,
+    which a delivery run did for every hour it delivered (a backfill's hours each read all
+    those before)."""
     engine = create_database_engine(settings.db_url)
     for n in range(5):
         hour = HOUR - timedelta(hours=n)

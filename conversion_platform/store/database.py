@@ -54,8 +54,9 @@ def _release_memory_map(dbapi_connection, _record) -> None:  # type: ignore[no-u
     A mapped page counts in the process's resident memory for as long as it stays mapped,
     and a pooled connection would keep its map while it waits (after reading a
     million-row hour, 690 MB of the pipeline's 4.5 GB peak, held through every later
-    stage). `memory_mapped_reads` unmaps when it ends; this catches a read it did not end
-    (an exception between the two). Nothing is mapped otherwise, so it costs a pragma.
+    stage). `memory_mapped_reads` unmaps when it ends; this catches a map it could not
+    drop (its pragma failed) or one set by hand. Nothing is mapped otherwise, so it costs
+    a pragma.
     """
     if dbapi_connection is None:  # invalidated
         return
