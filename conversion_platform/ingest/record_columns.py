@@ -29,6 +29,7 @@ from conversion_platform import events
 from conversion_platform.ingest.records import _MAX_FIELD_LENGTH as MAX_FIELD_LENGTH
 from conversion_platform.ingest.records import _RECORD_FIELDS as RECORD_FIELDS
 from conversion_platform.ingest.records import RecordError, coerce_record
+from conversion_platform.store.timecodes import utc_instants
 from conversion_platform.transform.normalise import (
     hash_identity_columns,
     normalise_location_columns,
@@ -481,6 +482,6 @@ def stored_frame(
     frame["value_verified"] = value_verified
     if hour_of is None:
         return events.conform(frame, events.STORED_COLUMNS), dropped
-    hours = pd.to_datetime(pd.Series(hour_of), utc=True)
+    hours = utc_instants(pd.Series(hour_of))
     frame[events.HOUR_COLUMN] = hours.array  # positional: one hour per coerced row
     return events.conform(frame, events.CANONICAL_COLUMNS), dropped

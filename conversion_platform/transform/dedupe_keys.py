@@ -41,6 +41,7 @@ import pandas as pd
 
 from conversion_platform import events
 from conversion_platform.ingest.records import GENERATED_EVENT_ID_PREFIX
+from conversion_platform.store.timecodes import utc_instants
 
 RULE_EVENT_ID = "event_id"
 RULE_ORDER_ID = "order_id"
@@ -110,7 +111,7 @@ def sender_event_ids(frame: pd.DataFrame) -> pd.Series:
 
 
 def _time_us(series: pd.Series) -> np.ndarray:
-    values = pd.to_datetime(series, utc=True)
+    values = utc_instants(series)
     out = values.to_numpy(dtype="datetime64[ns]").astype("int64") // 1_000
     return np.where(values.isna().to_numpy(), np.iinfo(np.int64).min, out)
 

@@ -32,7 +32,7 @@ from conversion_platform.store.ledger import (
     forget_before,
     insert_claims,
 )
-from conversion_platform.store.timecodes import to_micros
+from conversion_platform.store.timecodes import to_micros, utc_instants
 from conversion_platform.transform.cross_hour import CrossHourRules, decide_owners
 from conversion_platform.transform.dedupe import (
     DEDUPED_COLUMNS,
@@ -60,7 +60,7 @@ _NO_TIME = np.iinfo(np.int64).max
 
 def _micros(values: pd.Series) -> np.ndarray:
     """Microseconds since the epoch of a time column (NaT: int64's minimum)."""
-    nanos = pd.to_datetime(values, utc=True).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    nanos = utc_instants(values).to_numpy(dtype="datetime64[ns]").view(np.int64)
     return np.where(nanos == np.iinfo(np.int64).min, nanos, nanos // 1_000)
 
 

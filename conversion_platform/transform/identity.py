@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from conversion_platform import events
 from conversion_platform.store import identity_graph as graph_store
-from conversion_platform.store.timecodes import to_micros
+from conversion_platform.store.timecodes import to_micros, utc_instants
 from conversion_platform.transform.consent import personal_data_allowed
 from conversion_platform.transform.enrichment import (
     CONTACT_FILLS,
@@ -78,7 +78,7 @@ def _deduped_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _times_us(frame: pd.DataFrame) -> np.ndarray:
     """Event times as integer microseconds since the epoch, whatever the column's unit."""
-    times = pd.to_datetime(frame["event_time"], utc=True).dt.as_unit("us")
+    times = utc_instants(frame["event_time"]).dt.as_unit("us")
     return times.astype("int64").to_numpy(np.int64)
 
 

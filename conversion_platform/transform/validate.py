@@ -28,6 +28,7 @@ import pandera.errors
 
 from conversion_platform import events
 from conversion_platform.store.quarantine import STAGE_VALIDATION, QuarantinedRecord
+from conversion_platform.store.timecodes import utc_instants
 from conversion_platform.transform.dedupe import CLOCK_SKEW_ALLOWANCE
 from conversion_platform.transform.schema import (
     build_conversion_schema,
@@ -217,7 +218,7 @@ def quarantine_records(invalid: pd.DataFrame) -> list[QuarantinedRecord]:
     if invalid.empty:
         return []
     described = describe_rows(invalid)
-    hours = pd.to_datetime(invalid[events.HOUR_COLUMN], utc=True)
+    hours = utc_instants(invalid[events.HOUR_COLUMN])
     columns = zip(
         invalid["source"].astype("string").fillna("unknown"),
         hours.astype(object),
