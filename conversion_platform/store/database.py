@@ -108,7 +108,7 @@ def create_database_engine(url: str) -> Engine:
     operations_tables.ensure_operations_indexes(engine)
     database = engine.url.database if engine.dialect.name == "sqlite" else None
     if database and database != ":memory:" and not database.startswith("file:"):
-        checkpointer = WalCheckpointer(Path(database)).start()
+        checkpointer = WalCheckpointer(Path(database).resolve()).start()
         _checkpointers[engine] = checkpointer
         weakref.finalize(engine, checkpointer.request_stop)
     return engine

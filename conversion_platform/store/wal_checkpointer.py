@@ -26,7 +26,7 @@ class WalCheckpointer:
     """Runs `PRAGMA wal_checkpoint(PASSIVE)` on `path` when its WAL file has changed.
 
     PASSIVE never waits for readers or the writer: it copies what it can and leaves the
-    rest for the next round. `stop` ends the thread (it is a daemon: a process may exit
+    rest for the next round. `request_stop` ends the thread (it is a daemon: a process may exit
     without it; an interrupted checkpoint is one SQLite recovers from).
     """
 
@@ -47,12 +47,6 @@ class WalCheckpointer:
     def request_stop(self) -> None:
         """Ask the thread to end after its current round (returns at once)."""
         self._stopped.set()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """End the thread and wait for it."""
-        self._stopped.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout_s)
 
     @property
     def running(self) -> bool:
