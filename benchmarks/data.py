@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from conversion_platform import events
 from conversion_platform.ingest.record_columns import coerce_record_frame, stored_frame
+from conversion_platform.store.landing import LANDING_INSERT_COLUMNS, insert_landing_rows
 from conversion_platform.store.tables import landing_events
 from conversion_platform.store.timecodes import series_to_micros
 from conversion_platform.synthetic import BulkTraffic, generate_bulk, write_bulk_json_log
@@ -34,12 +35,13 @@ class Landed:
 
 
 def _insert_landing(engine: Engine, frame: pd.DataFrame) -> int:
-    """Bulk insert of stored-model rows with the driver's executemany (setup only).
+    """Bulk insert of stored-model rows with the driver's executemany on SQLite, COPY on
+    PostgreSQL (setup only).
 
     Rows go in in the order received, as the collector commits them.
     """
     frame = frame.sort_values("received_at", kind="stable").reset_index(drop=True)
-    columns = [c.name for c in landing_events.columns if c.name != "id"]
+    columns = list(LANDING_INSERT_COLUMNS)
     data: dict[str, list] = {}
     for name in columns:
         if name.endswith("_us"):
@@ -52,6 +54,9 @@ def _insert_landing(engine: Engine, frame: pd.DataFrame) -> int:
             values = series.astype(object).where(series.notna(), None)
             data[name] = values.tolist()
     rows = list(zip(*(data[c] for c in columns), strict=True))
+    if engine.dialect.name != "sqlite":  # PostgreSQL: COPY, as the collector lands rows
+        with engine.begin() as conn:
+            return insert_landing_rows(conn, rows)
     statement = (
         f"INSERT INTO {landing_events.name} ({', '.join(columns)}) "
         f"VALUES ({', '.join('?' for _ in columns)})"

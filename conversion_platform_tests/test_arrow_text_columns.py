@@ -17,10 +17,9 @@ import pandas as pd
 import pytest
 from sqlalchemy.engine import Engine
 
-from benchmarks.data import generate_and_land
 from conversion_platform import events
 from conversion_platform.destinations.delivery import strip_identifiers
-from conversion_platform.store import landing, ledger
+from conversion_platform.store import ledger
 from conversion_platform.transform.hourly_dedupe import _pair_codes
 from conversion_platform.transform.text_checks import is_sha256_hex, normalised_in, one_of
 
@@ -121,17 +120,6 @@ def test_events_without_consent_lose_identifiers_on_arrow_columns() -> None:
     assert stripped["event_id"].tolist() == ["a", "b", "c"]
     assert stripped["mpid"].dtype == events.STRING_DTYPE
     assert frame["mpid"].tolist() == ["m1", "m2", "m3"]  # the input is not changed
-
-
-def test_the_landing_read_is_the_same_whatever_its_block_size(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    generate_and_land(engine, [HOUR], 400, seed=3)
-    whole = landing.read_landing_events(engine, HOUR, HOUR + timedelta(hours=1))
-    monkeypatch.setattr(landing, "_FETCH_ROWS", 37)
-    in_blocks = landing.read_landing_events(engine, HOUR, HOUR + timedelta(hours=1))
-    assert len(whole) == 400
-    pd.testing.assert_frame_equal(in_blocks, whole)
 
 
 def test_the_ledger_writes_every_claim_a_chunk_at_a_time(

@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from conversion_platform import events
 from conversion_platform.store.database import can_copy, copy_rows, memory_mapped_reads
+from conversion_platform.store.landing_csv import read_landing_table
 from conversion_platform.store.tables import landing_events
 from conversion_platform.store.timecodes import series_from_micros, series_to_micros, to_micros
 
@@ -148,8 +151,47 @@ def _column_frame(names: list[str], chunks: list[np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame(out, copy=False)
 
 
+def _frame_from_arrow(table: pa.Table) -> pd.DataFrame:
+    """A frame in the stored model from a `landing_csv` table, one column at a time."""
+    out: dict[str, object] = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if name in _TIME_COLUMNS:
+            if column.null_count == 0:
+                nanos = column.to_numpy() * 1_000
+                out[_TIME_COLUMNS[name]] = pd.DatetimeIndex(
+                    nanos.view("datetime64[ns]")
+                ).tz_localize("UTC")
+            else:
+                micros = column.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+                out[_TIME_COLUMNS[name]] = series_from_micros(micros)
+        elif name in events.FLOAT_COLUMNS:
+            out[name] = column.to_numpy()  # nulls become NaN
+        elif name in events.BOOL_COLUMNS:
+            flags = pc.fill_null(column, 0).to_numpy().astype(bool)
+            out[name] = pd.arrays.BooleanArray(flags, column.is_null().to_numpy())
+        else:
+            out[name] = pd.arrays.ArrowStringArray(column)
+    return pd.DataFrame(out, copy=False)
+
+
 def read_landing_events(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
-    """Rows received in [start, end), in the stored model with UTC timestamps."""
+    """Rows received in [start, end), in the stored model with UTC timestamps.
+
+    SQLite and PostgreSQL (psycopg 3) write the rows as CSV and Arrow parses it
+    (`landing_csv`); any other database is read row by row through its driver.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite" or can_copy(conn):
+            with memory_mapped_reads(conn):
+                table = read_landing_table(conn, to_micros(start), to_micros(end))
+            frame = _frame_from_arrow(table)
+            return events.conform(frame, events.STORED_COLUMNS)
+    return _read_landing_rows(engine, start, end)
+
+
+def _read_landing_rows(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
+    """`read_landing_events` through the driver's row tuples."""
     selected = [c for c in landing_events.columns if c.name not in ("id", "site")]
     query = (
         sa.select(*selected)
