@@ -13,8 +13,8 @@ in C++, turns a block of lines into typed columns.
   float column comes as a value of its own beside each line. (Concatenating quoted
   fields with `||` cost three times as much as the whole read: every `||` copies the
   line so far.)
-* PostgreSQL writes `COPY ... TO STDOUT` in CSV: a null as an empty field, an empty text
-  as `""`, a double in its shortest form that reads back the same.
+* PostgreSQL writes `COPY ... TO STDOUT` in CSV, every value quoted: a null as an empty
+  field, an empty text as `""`, a double in its shortest form that reads back the same.
 
 Either way a quoted value is never null (`NULL` and empty text survive as text). Neither
 writes a NUL character in text, but none reaches the landing table: the collector and
@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from sqlalchemy.engine import Connection
 
@@ -161,17 +162,23 @@ def _postgres_copy_query(start_us: int, end_us: int) -> str:
     fields = ", ".join(
         f"{column}::int" if column in _BOOL_COLUMNS else column for column in LANDING_READ_COLUMNS
     )
-    # COPY takes no bound parameters; both bounds are integers formatted here.
+    # COPY takes no bound parameters; both bounds are integers formatted here. Every
+    # value is quoted (FORCE_QUOTE): a block never starts with a bare text, whose leading
+    # U+FEFF Arrow would take for a byte-order mark and drop.
     return (
         f"COPY (SELECT {fields} FROM {landing_events.name}"
         f" WHERE received_at_us >= {int(start_us)} AND received_at_us < {int(end_us)}"
-        " ORDER BY received_at_us, id) TO STDOUT WITH (FORMAT csv)"
+        " ORDER BY received_at_us, id) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)"
     )
 
 
 def _postgres_tables(conn: Connection, start_us: int, end_us: int) -> Iterator[pa.Table]:
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
+        # Doubles in their shortest exact form whatever the server's default; text in the
+        # UTF-8 that Arrow reads (this transaction only).
+        cursor.execute("SET LOCAL extra_float_digits = 3")
+        cursor.execute("SET LOCAL client_encoding = 'UTF8'")
         with cursor.copy(_postgres_copy_query(start_us, end_us)) as copy:
             block = bytearray()
             for data in copy:  # one row a piece
@@ -195,4 +202,18 @@ def read_landing_table(conn: Connection, start_us: int, end_us: int) -> pa.Table
         tables = list(_postgres_tables(conn, start_us, end_us))
     if not tables:
         return LANDING_ARROW_SCHEMA.empty_table()
-    return pa.concat_tables(tables)
+    table = pa.concat_tables(tables)
+    _check_flags(table)
+    return table
+
+
+def _check_flags(table: pa.Table) -> None:
+    """A flag column holds 0 or 1: SQLite's numeric affinity would keep any other number,
+    which must not read as True."""
+    for name in _BOOL_COLUMNS:
+        bounds = pc.min_max(table.column(name))
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        if (low is not None and low < 0) or (high is not None and high > 1):
+            raise ValueError(
+                f"landing_events.{name} holds values other than 0 and 1 (from {low} to {high})"
+            )
