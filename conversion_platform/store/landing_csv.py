@@ -16,9 +16,9 @@ in C++, turns a block of lines into typed columns.
 * PostgreSQL writes `COPY ... TO STDOUT` in CSV, every value quoted: a null as an empty
   field, an empty text as `""`, a double in its shortest form that reads back the same.
 
-Either way a quoted value is never null (`NULL` and empty text survive as text). Neither
-writes a NUL character in text, but none reaches the landing table: the collector and
-server-log ingest refuse text with one, since PostgreSQL cannot store it.
+Either way a quoted value is never null (`NULL` and empty text survive as text). A NUL
+character would end `%Q`'s text early, but none reaches the landing table: the collector
+and server-log ingest refuse text with one, since PostgreSQL cannot store it.
 """
 
 from __future__ import annotations
