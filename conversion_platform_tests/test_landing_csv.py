@@ -147,6 +147,17 @@ def test_the_landing_read_is_the_same_whatever_its_block_size(
     pd.testing.assert_frame_equal(row_by_row, whole, check_exact=True)
 
 
+def test_a_block_of_lines_becomes_one_arrow_chunk_per_column(either_database: Engine) -> None:
+    """More than Arrow's default block of text (1-8 MiB) in one block of lines still makes
+    one chunk: later `take`s on the hour pay for every chunk."""
+    long_items = "x" * 5_000
+    _land(either_database, [_stored(i, items=long_items) for i in range(2_000)])  # 10 MB
+    frame = landing.read_landing_events(either_database, HOUR, NEXT_HOUR)
+    assert len(frame) == 2_000
+    for column in ("event_id", "items"):
+        assert frame[column].array._pa_array.num_chunks == 1, column
+
+
 # Any text the landing table can hold: no lone surrogates (UTF-8 can't encode them), no
 # NUL (the collector and ingest refuse it).
 _TEXT = st.text(

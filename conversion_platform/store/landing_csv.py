@@ -108,7 +108,10 @@ def parse_landing_csv(
         return pa.schema([LANDING_ARROW_SCHEMA.field(c) for c in columns]).empty_table()
     return pa_csv.read_csv(
         io.BytesIO(text),
-        read_options=pa_csv.ReadOptions(column_names=list(columns), block_size=8 << 20),
+        # One block: one Arrow chunk per column for the block's rows (Arrow's default of
+        # 1 MiB, or 8, would cut a 50,000-line block into many, and every later `take` on
+        # the hour pays for each chunk).
+        read_options=pa_csv.ReadOptions(column_names=list(columns), block_size=len(text) + 1),
         parse_options=dialect.parse_options(),
         convert_options=dialect.convert_options(),
     )
