@@ -351,13 +351,21 @@ class HourDeliverer:
             )
         try:
             self._deliver_chunks(selection, now, context, outbox, dry_run_log)
+            if outbox is not None and dry_run_log is not None:
+                dry_run_log.record([], context.unsent)
+                outbox.flush()  # the log will say the bodies are in the file
         except BaseException:
             if dry_run_log is not None:
                 dry_run_log.abandon()
+            if outbox is not None:
+                outbox.discard()
             raise
         if outbox is not None and dry_run_log is not None:
-            dry_run_log.record([], context.unsent)
-            dry_run_log.commit()
+            try:
+                dry_run_log.commit()
+            except BaseException:
+                outbox.discard()
+                raise
             report.outbox_file = str(outbox.close())
         return report
 

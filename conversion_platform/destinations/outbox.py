@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -16,6 +17,7 @@ class OutboxWriter:
     """Writes an hour's bodies as they are built; the file replaces the old one on close.
 
     A re-run rewrites the hour's file, never appends, and a reader never sees half of it.
+    `discard` drops the unfinished file of an hour that failed, leaving the old one.
     """
 
     def __init__(self, outbox_dir: Path, destination: str, partition_key: str) -> None:
@@ -28,10 +30,25 @@ class OutboxWriter:
         self._handle.write(body)
         self._handle.write(b"\n")
 
+    def flush(self) -> None:
+        """Hand every body written so far to the file (raises a failed write's error)."""
+        self._handle.flush()
+
     def close(self) -> Path:
-        self._handle.close()
+        """Put the file in place of the hour's old one."""
+        try:
+            self._handle.close()
+        except BaseException:
+            self.discard()
+            raise
         os.replace(self._temporary, self.path)
         return self.path
+
+    def discard(self) -> None:
+        """Remove the unfinished file (the hour's old file stays)."""
+        with contextlib.suppress(OSError):  # the failure that made the hour discard it
+            self._handle.close()
+        self._temporary.unlink(missing_ok=True)
 
 
 def write_outbox(
