@@ -18,7 +18,11 @@ from conversion_platform.ingest.record_columns import coerce_records, concat_coe
 from conversion_platform.ingest.server_logs import scan_logs_for_hours
 from conversion_platform.memory import return_free_heap
 from conversion_platform.store.quarantine import STAGE_PARSE, QuarantinedRecord
-from conversion_platform.transform.normalise import clear_hashing_caches, redact
+from conversion_platform.transform.normalise import clear_hashing_caches, hash_phone, redact
+from conversion_platform.transform.second_core import MIN_ITEMS, start_worker
+
+#: Distinct phone numbers in one chunk of lines that start the hashing worker early.
+_PHONES_TO_START_WORKER = MIN_ITEMS // 4
 
 
 @dataclass
@@ -79,9 +83,11 @@ def _ingest(
     hour_parts: list[np.ndarray] = []
     parsed: Counter[datetime] = Counter()
     refused: dict[datetime, list[QuarantinedRecord]] = {hour: [] for hour in hours}
+    worker_started = False
 
     def coerce_chunk(chunk: LogChunk) -> None:
         """Check a chunk's records as soon as it is parsed; its dicts are dropped after."""
+        nonlocal worker_started
         logged = pd.Series(np.asarray(chunk.logged_ns, dtype="datetime64[ns]")).dt.tz_localize(
             "UTC"
         )
@@ -104,6 +110,15 @@ def _ingest(
                     else None,
                 )
             )
+        # Many phone numbers ahead: the worker that shares their hashing starts now,
+        # while the rest of the file is parsed, rather than when they are hashed.
+        if (
+            not worker_started
+            and "phone" in coerced.frame.columns
+            and coerced.frame["phone"].nunique() >= _PHONES_TO_START_WORKER
+        ):
+            start_worker(hash_phone)
+            worker_started = True
         kept_hours = hours_ns[coerced.positions]
         for hour_ns, count in zip(*np.unique(kept_hours, return_counts=True), strict=True):
             parsed[_hour(int(hour_ns))] += int(count)

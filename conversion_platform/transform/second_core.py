@@ -1,0 +1,248 @@
+"""A slow pure-Python function mapped over many values on two cores: here and one worker.
+
+Normalising a phone number with `phonenumbers` costs about 70 µs of pure Python, and
+an hour of a million log lines holds over a hundred thousand distinct numbers: seconds
+that hold the GIL while the machine's other core waits. `map_on_two_cores` shares the
+values with a worker process: the caller works through the chunks from the front, a
+feeder thread hands the worker one chunk at a time from the back, and they stop where
+they meet. The result is `[fn(*args) for args in items]`, in order, whichever side
+computed each chunk: `fn` must be a module-level function (the worker imports it by
+name) whose result depends only on its arguments.
+
+The worker is `python -m conversion_platform.transform.second_core`, started once per
+process and kept (about 150 MB resident: it imports this package), reading pickled
+chunks on its stdin and answering on its stdout; it exits when the pipe closes. It is a
+plain subprocess rather than `multiprocessing`, whose spawned children import the
+parent's main script again (running an unguarded script twice). Lists shorter than
+`min_items` never use it. If the worker can't start, dies or fails on a chunk, the
+caller computes that chunk itself (a failure in `fn` is then raised here, with its
+traceback), and a dead worker is not started again: a broken worker costs time, never
+values.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
+
+#: Items below which the worker is not worth its messages.
+MIN_ITEMS = 20_000
+#: Items per message to the worker.
+CHUNK_ITEMS = 1_000
+#: Seconds a worker gets to exit when this process does.
+_EXIT_WAIT_S = 5.0
+_HEADER = struct.Struct("<Q")
+
+
+class _WorkerFailed(Exception):
+    """The worker could not compute a chunk (its reason went to its stderr)."""
+
+
+def _apply(fn: Callable[..., T], items: Sequence[tuple[Any, ...]]) -> list[T]:
+    return [fn(*args) for args in items]
+
+
+def _send(stream: IO[bytes], data: bytes) -> None:
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _receive_bytes(stream: IO[bytes]) -> bytes:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError("the pipe closed")
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("the pipe closed in a message")
+    return data
+
+
+class _Worker:
+    """One worker process and the pipes to it; used by one call at a time."""
+
+    def __init__(self, preload: str | None) -> None:
+        env = dict(os.environ)
+        # The worker imports what this process imports, wherever it was found.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        command = [sys.executable, "-m", __name__, *([preload] if preload else [])]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        self.owner_pid = os.getpid()
+        self.busy = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.owner_pid == os.getpid() and self.process.poll() is None
+
+    def map_chunk(self, fn: Callable[..., T], items: Sequence[tuple[Any, ...]]) -> list[T]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            request = pickle.dumps((fn, list(items)), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # a function the worker can't import (a lambda, say)
+            raise _WorkerFailed(type(exc).__name__) from exc
+        _send(self.process.stdin, request)
+        status, payload = pickle.loads(_receive_bytes(self.process.stdout))
+        if status != "ok":
+            raise _WorkerFailed(payload)
+        return payload
+
+    def stop(self) -> None:
+        if self.owner_pid != os.getpid():
+            return  # a forked child's copy: the worker belongs to the parent
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()  # the worker exits at the end of its input
+            self.process.wait(timeout=_EXIT_WAIT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+
+
+_worker: _Worker | None = None
+_worker_lock = threading.Lock()
+#: Set when a worker could not start or died: this process then computes alone.
+_unavailable = False
+
+
+def _get_worker(preload: str | None = None) -> _Worker | None:
+    """The process's worker, started on first use; None where there is no second core
+    or a worker has failed."""
+    global _worker, _unavailable
+    with _worker_lock:
+        if _worker is not None and not _worker.alive():
+            _worker = None
+            _unavailable = True
+        if _worker is None and not _unavailable and (os.cpu_count() or 1) > 1:
+            try:
+                _worker = _Worker(preload)
+            except OSError:
+                _unavailable = True
+        return _worker
+
+
+def _retire(worker: _Worker) -> None:
+    """A worker that failed in the pipe: stopped, and none started again."""
+    global _worker, _unavailable
+    with _worker_lock:
+        _unavailable = True
+        if _worker is worker:
+            _worker = None
+    worker.process.kill()
+    worker.process.wait()
+
+
+def start_worker(fn: Callable[..., object]) -> None:
+    """Start the worker now, importing `fn`'s module, so that a later call finds it
+    ready (starting takes about a second, spent while the caller does other work)."""
+    _get_worker(fn.__module__)
+
+
+def stop_worker() -> None:
+    """Stop the worker (a later call starts a new one)."""
+    global _worker, _unavailable
+    with _worker_lock:
+        worker, _worker, _unavailable = _worker, None, False
+    if worker is not None:
+        worker.stop()
+
+
+atexit.register(stop_worker)
+
+
+def map_on_two_cores(
+    fn: Callable[..., T],
+    items: Sequence[tuple[Any, ...]],
+    *,
+    min_items: int | None = None,
+    chunk_items: int | None = None,
+) -> list[T]:
+    """`[fn(*args) for args in items]`, computed here and by the worker at once
+    (`min_items` and `chunk_items` default to `MIN_ITEMS` and `CHUNK_ITEMS`)."""
+    min_items = MIN_ITEMS if min_items is None else min_items
+    chunk_items = CHUNK_ITEMS if chunk_items is None else chunk_items
+    worker = _get_worker() if len(items) >= min_items else None
+    if worker is None or not worker.busy.acquire(blocking=False):
+        return _apply(fn, items)
+    starts = range(0, len(items), chunk_items)
+    parts: list[list[T] | None] = [None] * len(starts)
+    lock = threading.Lock()
+    front, back = 0, len(starts)  # chunks [front, back) are nobody's yet
+
+    def feed() -> None:
+        nonlocal back
+        while True:
+            with lock:
+                if front >= back:
+                    return
+                back -= 1
+                index = back
+            try:
+                parts[index] = worker.map_chunk(
+                    fn, items[starts[index] : starts[index] + chunk_items]
+                )
+            except _WorkerFailed:
+                return  # the chunk is left to the caller, which raises fn's error itself
+            except (OSError, EOFError, pickle.PickleError, ValueError):
+                _retire(worker)
+                return
+
+    feeder = threading.Thread(target=feed, name="second-core-feeder", daemon=True)
+    feeder.start()
+    try:
+        while True:
+            with lock:
+                if front >= back:
+                    break
+                index = front
+                front += 1
+            parts[index] = _apply(fn, items[starts[index] : starts[index] + chunk_items])
+    finally:
+        with lock:
+            back = front  # after an error here, the feeder stops at its current chunk
+        feeder.join()
+        worker.busy.release()
+    results: list[T] = []
+    for index, start in enumerate(starts):
+        part = parts[index]
+        results.extend(_apply(fn, items[start : start + chunk_items]) if part is None else part)
+    return results
+
+
+def _serve(preload: str | None) -> None:
+    """The worker: answer each chunk on stdin with ("ok", results) or ("error", reason)."""
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # whatever `fn` prints must not reach the pipe
+    # Ctrl-C reaches the whole process group: the caller decides, and the worker ends
+    # when the caller's end of the pipe closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if preload:
+        __import__(preload)
+    while True:
+        try:
+            data = _receive_bytes(requests)
+        except EOFError:
+            return
+        try:
+            fn, items = pickle.loads(data)
+            reply: tuple[str, object] = ("ok", _apply(fn, items))
+        except Exception as exc:  # reported, and the caller computes the chunk itself
+            # The type only: the message may quote a value (personal data stays out of logs).
+            print(f"second_core worker: {type(exc).__name__}", file=sys.stderr)
+            reply = ("error", type(exc).__name__)
+        _send(replies, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -1,0 +1,158 @@
+"""Sharing a slow function with a worker process (`transform.second_core`), for real.
+
+Scope: the results are the function's, in order, and the worker computes part of them;
+phone hashing gives the same digests and drop counts with and without the worker; an
+error in the function is raised in the caller; a worker that dies mid-call costs no
+value and is not started again; a script without a main guard is not run twice (the
+trap of `multiprocessing`'s spawned children).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conversion_platform.transform import second_core
+from conversion_platform.transform.normalise import hash_identity_columns, hash_phone
+
+
+@pytest.fixture(autouse=True)
+def fresh_worker() -> Iterator[None]:
+    """Each test starts without a worker and leaves none behind."""
+    second_core.stop_worker()
+    yield
+    second_core.stop_worker()
+
+
+def slow_square_with_pid(value: int) -> tuple[int, int]:
+    """Module level, so the worker can import it; slow enough that both sides get chunks."""
+    time.sleep(0.002)
+    return value * value, os.getpid()
+
+
+def fail_on_13(value: int) -> int:
+    if value == 13:
+        raise ValueError("thirteen")
+    return value + 1
+
+
+def die_in_worker(value: int, caller_pid: int) -> int:
+    """Kills the worker process the first time it runs there (a crash, not an error)."""
+    if os.getpid() != caller_pid:
+        os._exit(3)
+    return -value
+
+
+def _warm_worker() -> None:
+    second_core.start_worker(slow_square_with_pid)
+    second_core.map_on_two_cores(slow_square_with_pid, [(0,)] * 20, min_items=1, chunk_items=1)
+
+
+def test_results_are_in_order_and_the_worker_computes_part_of_them() -> None:
+    _warm_worker()
+    items = [(i,) for i in range(1_000)]
+    results = second_core.map_on_two_cores(slow_square_with_pid, items, min_items=1, chunk_items=10)
+    assert [square for square, _ in results] == [i * i for i in range(1_000)]
+    pids = [pid for _, pid in results]
+    assert os.getpid() in pids  # the caller took the front ...
+    assert {pid for pid in pids if pid != os.getpid()}  # ... and the worker the back
+    assert pids[0] == os.getpid() and pids[-1] != os.getpid()
+
+
+def test_below_the_threshold_no_worker_is_started() -> None:
+    results = second_core.map_on_two_cores(slow_square_with_pid, [(2,)] * 10, min_items=11)
+    assert results == [(4, os.getpid())] * 10
+    assert second_core._worker is None
+
+
+def test_phone_hashing_is_the_same_with_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    phones = [f"(212) 555-{i:04d}" for i in range(1_500)] + [
+        "+49 30 901820",
+        "0044 20 7946 0958",
+        "not a phone",
+        "undefined",
+        "1111111111",
+        "A" * 64,
+        "+1 650-253-0000 ext. 12",
+    ] * 20
+    countries = (["us", "de", None, "GB"] * (len(phones) // 4 + 1))[: len(phones)]
+
+    def hashed() -> tuple[pd.DataFrame, object]:
+        hash_phone.cache_clear()
+        frame = pd.DataFrame({"phone": phones, "country": countries})
+        return hash_identity_columns(frame)
+
+    monkeypatch.setattr(second_core, "MIN_ITEMS", 10**9)
+    alone, alone_dropped = hashed()
+    assert second_core._worker is None
+    monkeypatch.setattr(second_core, "MIN_ITEMS", 100)
+    monkeypatch.setattr(second_core, "CHUNK_ITEMS", 50)
+    shared, shared_dropped = hashed()
+    assert second_core._worker is not None and second_core._worker.alive()
+    pd.testing.assert_frame_equal(shared, alone)
+    assert shared_dropped == alone_dropped
+    assert shared["phone_sha256"].notna().sum() > 500 and shared_dropped["phone_invalid"] > 0
+
+
+def test_an_error_in_the_function_is_raised_in_the_caller() -> None:
+    _warm_worker()
+    items = [(i,) for i in range(2_000)]
+    with pytest.raises(ValueError, match="thirteen"):
+        second_core.map_on_two_cores(fail_on_13, items, min_items=1, chunk_items=10)
+    # Near the end, where the worker works: its failure leaves the chunk to the caller.
+    tail = [(i,) for i in range(2_000)] + [(13,)]
+    with pytest.raises(ValueError, match="thirteen"):
+        second_core.map_on_two_cores(fail_on_13, tail, min_items=1, chunk_items=10)
+    # The worker is still there and still right.
+    fine = [(i,) for i in range(100, 2_100)]
+    assert second_core.map_on_two_cores(fail_on_13, fine, min_items=1, chunk_items=10) == [
+        i + 1 for i in range(100, 2_100)
+    ]
+    assert second_core._worker is not None and second_core._worker.alive()
+
+
+def test_a_worker_that_dies_costs_no_value_and_is_not_started_again() -> None:
+    _warm_worker()
+    worker = second_core._worker
+    assert worker is not None
+    items = [(i, os.getpid()) for i in range(3_000)]
+    results = second_core.map_on_two_cores(die_in_worker, items, min_items=1, chunk_items=10)
+    assert results == [-i for i in range(3_000)]
+    assert worker.process.wait(timeout=10) == 3
+    assert second_core._get_worker() is None  # this process goes on alone
+    assert second_core.map_on_two_cores(die_in_worker, items, min_items=1) == results
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from conversion_platform.transform.second_core import map_on_two_cores
+            from conversion_platform_tests.test_second_core import slow_square_with_pid
+
+            print("script ran", flush=True)
+            results = map_on_two_cores(
+                slow_square_with_pid, [(i,) for i in range(500)], min_items=1, chunk_items=5
+            )
+            print(len(results), len({pid for _, pid in results}))
+            """
+        )
+    )
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines.count("script ran") == 1
+    assert lines[-1].startswith("500 ")
