@@ -4,7 +4,8 @@ Scope: the results are the function's, in order, and the worker computes part of
 phone hashing gives the same digests and drop counts with and without the worker; an
 error in the function is raised in the caller; a worker that dies mid-call costs no
 value and is not started again; a script without a main guard is not run twice (the
-trap of `multiprocessing`'s spawned children).
+trap of `multiprocessing`'s spawned children); a prefetch (ingest hashing an hour's numbers
+while its lines are parsed) gives the same hour, and finishes when its worker dies.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pandas as pd
 import pytest
+from sqlalchemy.engine import Engine
 
-from conversion_platform.transform import second_core
+from conversion_platform.ingest import log_chunks, log_conversions
+from conversion_platform.ingest.log_conversions import ingest_server_logs
+from conversion_platform.transform import normalise, second_core
 from conversion_platform.transform.normalise import hash_identity_columns, hash_phone
 
 
@@ -52,7 +59,6 @@ def die_in_worker(value: int, caller_pid: int) -> int:
 
 
 def _warm_worker() -> None:
-    second_core.start_worker(slow_square_with_pid)
     second_core.map_on_two_cores(slow_square_with_pid, [(0,)] * 20, min_items=1, chunk_items=1)
 
 
@@ -156,3 +162,79 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert lines.count("script ran") == 1
     assert lines[-1].startswith("500 ")
+
+
+def test_a_prefetch_hashes_ahead_and_gives_the_same_results() -> None:
+    prefetch = second_core.Prefetch(hash_phone)
+    first = [(f"(415) 555-{i:04d}", "US") for i in range(300)]
+    second = [("+44 20 7946 0958", None), ("not a phone", "DE"), ("undefined", None)]
+    prefetch.submit(first)
+    prefetch.submit(second)
+    known = prefetch.finish()
+    hash_phone.cache_clear()
+    assert known == {args: hash_phone(*args) for args in first + second}
+    # The worker is free for others again.
+    assert second_core.map_on_two_cores(slow_square_with_pid, [(3,)] * 200, min_items=1)[0][0] == 9
+
+
+def test_a_prefetch_whose_worker_dies_finishes_with_what_it_has() -> None:
+    _warm_worker()
+    prefetch = second_core.Prefetch(die_in_worker)
+    prefetch.submit([(i, os.getpid()) for i in range(50)])
+    assert prefetch.finish() == {}
+    assert second_core._get_worker() is None
+
+
+def test_ingest_hashes_phones_ahead_with_the_same_result(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log with many distinct numbers: the worker hashes them while the lines are
+    parsed, and the hour is the one hashed without it (digests, drops, quarantine)."""
+    hour = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    formats = ["({a}) 555-{b:04d}", "+1 {a} 555 {b:04d}", "0{a} {b:06d}", "{b}"]
+    countries = ["US", "us", "United Kingdom", "DE", None, "France"]
+    lines = [
+        orjson.dumps(
+            {
+                "event_id": f"p{i}",
+                "event_name": "lead",
+                "event_time": (hour + timedelta(seconds=i)).isoformat(),
+                "phone": formats[i % 4].format(a=200 + i % 700, b=i),
+                **({"country": countries[i % 6]} if countries[i % 6] else {}),
+            }
+        )
+        for i in range(3_000)
+    ]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "app.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    monkeypatch.setattr(log_chunks, "CHUNK_LINES", 500)
+
+    monkeypatch.setattr(log_conversions, "_PHONES_TO_PREFETCH", 10**9)
+    alone = ingest_server_logs(engine, logs, [], [hour])
+    assert second_core._worker is None
+    used: list[int] = []
+    real_finish = second_core.Prefetch.finish
+
+    def finish(self: second_core.Prefetch) -> dict:
+        known = real_finish(self)
+        used.append(len(known))
+        return known
+
+    hashed_after: list[int] = []
+    real_map = normalise.map_on_two_cores
+
+    def map_rest(fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
+        hashed_after.append(len(items))
+        return real_map(fn, items)
+
+    monkeypatch.setattr(second_core.Prefetch, "finish", finish)
+    monkeypatch.setattr(normalise, "map_on_two_cores", map_rest)
+    monkeypatch.setattr(log_conversions, "_PHONES_TO_PREFETCH", 100)
+    ahead = ingest_server_logs(engine, logs, [], [hour])
+    assert used and used[0] > 2_000  # the numbers were hashed by the worker ...
+    assert hashed_after == [0]  # ... every one of them, with the arguments hashing uses
+    pd.testing.assert_frame_equal(ahead.frame, alone.frame)
+    assert ahead.dropped_identifiers == alone.dropped_identifiers
+    assert ahead.dropped_identifiers["phone_invalid"] > 0
+    assert ahead.frame["phone_sha256"].notna().sum() > 500

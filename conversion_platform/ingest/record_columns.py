@@ -474,11 +474,13 @@ def stored_frame(
     *,
     hour_of: Sequence[datetime] | pd.Series | np.ndarray | None = None,
     value_verified: bool | Sequence[bool] = True,
+    known_phones: Mapping[tuple[str, str | None], tuple[str | None, ...]] | None = None,
 ) -> tuple[pd.DataFrame, Counter[str]]:
     """Coerced records (a `CoercedColumns.frame`) in the stored model: what
-    `records.records_to_frame` returns for the same records, without a dict per record."""
+    `records.records_to_frame` returns for the same records, without a dict per record
+    (`known_phones`: phone hashes computed ahead, see `hash_identity_columns`)."""
     frame = normalise_location_columns(coerced)
-    frame, dropped = hash_identity_columns(frame)
+    frame, dropped = hash_identity_columns(frame, known_phones)
     frame["value_verified"] = value_verified
     if hour_of is None:
         return events.conform(frame, events.STORED_COLUMNS), dropped

@@ -19,7 +19,7 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 
 import numpy as np
@@ -334,11 +334,13 @@ def _map_distinct(
     fn: Callable[..., tuple[str | None, ...]],
     region: pd.Series | None,
     width: int,
+    known: Mapping[tuple[str, str | None], tuple[str | None, ...]] | None = None,
 ) -> tuple[list[np.ndarray], Counter[str]]:
     """Apply `fn` once per distinct value (or value and region) of the present rows.
 
     Returns one object array per element of `fn`'s result (None where the row has no value)
-    and the count of rows by drop reason (the result's last element).
+    and the count of rows by drop reason (the result's last element). `known` holds
+    results of `fn` computed before, by (value, region).
     """
     present = values.notna().to_numpy()
     n = len(values)
@@ -353,8 +355,17 @@ def _map_distinct(
         regions = np.array([None, *region_uniques], dtype=object)
         width_r = len(region_uniques) + 1
         items = [(value_uniques[p // width_r], regions[p % width_r]) for p in pairs]
+        known = known or {}
+        missing = [a for a in items if a not in known]
         # Phone numbers cost ~70 µs each in pure Python: many are shared with a worker.
-        results = map_on_two_cores(fn, items) if fn is hash_phone else [fn(*a) for a in items]
+        computed = dict(
+            zip(
+                missing,
+                map_on_two_cores(fn, missing) if fn is hash_phone else [fn(*a) for a in missing],
+                strict=True,
+            )
+        )
+        results = [known[a] if a in known else computed[a] for a in items]
     else:
         codes, uniques = pd.factorize(values[present].to_numpy())
         results = [fn(v) for v in uniques]
@@ -401,7 +412,30 @@ def normalise_location_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def hash_identity_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[str]]:
+def phone_hash_arguments(
+    phones: pd.Series, countries: pd.Series | None
+) -> list[tuple[str, str | None]]:
+    """The distinct (number, default region) pairs `hash_identity_columns` gives
+    `hash_phone` for these rows, their countries as they arrive (normalised here as
+    `normalise_location_columns` will): what a worker can hash ahead of time."""
+    present = phones.notna().to_numpy()
+    if not present.any():
+        return []
+    numbers = _as_text(phones[present]).to_numpy(dtype=object)
+    if countries is None:
+        regions = np.full(len(numbers), None, dtype=object)
+    else:
+        codes, uniques = pd.factorize(_as_text(countries[present]).to_numpy(dtype=object))
+        distinct = [normalise_country(c) for c in uniques]
+        region_of = [c.upper() if c is not None and len(c) == 2 else None for c in distinct]
+        regions = np.array([*region_of, None], dtype=object)[codes]
+    return list(dict.fromkeys(zip(numbers.tolist(), regions.tolist(), strict=True)))
+
+
+def hash_identity_columns(
+    frame: pd.DataFrame,
+    known_phones: Mapping[tuple[str, str | None], tuple[str | None, ...]] | None = None,
+) -> tuple[pd.DataFrame, Counter[str]]:
     """Replace plaintext personal columns with their hashed variants.
 
     Reads `email`, `phone`, `first_name`, `last_name`, `external_id` (and `country` as the
@@ -410,7 +444,8 @@ def hash_identity_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[st
     Hashed values already present in `*_sha256` columns are kept unless a plaintext
     value provides one; such a value that is not a digest is hashed as plaintext (an
     upper-case digest is lower-cased), so nothing personal is stored in the clear.
-    Each distinct value is normalised and hashed once.
+    Each distinct value is normalised and hashed once; `known_phones` holds `hash_phone`
+    results computed ahead (`phone_hash_arguments`), by its arguments.
     """
     dropped: Counter[str] = Counter()
     index = frame.index
@@ -439,7 +474,11 @@ def hash_identity_columns(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[st
         if not values.notna().any():
             continue
         outputs, reasons = _map_distinct(
-            values, hasher, region if regional else None, len(targets) + 1
+            values,
+            hasher,
+            region if regional else None,
+            len(targets) + 1,
+            known_phones if hasher is hash_phone else None,
         )
         dropped.update(reasons)
         for target, column in zip(targets, outputs, strict=False):

@@ -10,11 +10,13 @@ computed each chunk: `fn` must be a module-level function (the worker imports it
 name) whose result depends only on its arguments.
 
 The worker is `python -m conversion_platform.transform.second_core`, started once per
-process and kept (about 150 MB resident: it imports this package), reading pickled
+process and kept (about 110 MB resident: it imports this package), reading pickled
 chunks on its stdin and answering on its stdout; it exits when the pipe closes. It is a
 plain subprocess rather than `multiprocessing`, whose spawned children import the
 parent's main script again (running an unguarded script twice). Lists shorter than
-`min_items` never use it. If the worker can't start, dies or fails on a chunk, the
+`min_items` never use it. `Prefetch` hands the worker values ahead of time instead,
+while the caller does other work (ingest: an hour's phone numbers, chunk by chunk, while
+its lines are parsed). If the worker can't start, dies or fails on a chunk, the
 caller computes that chunk itself (a failure in `fn` is then raised here, with its
 traceback), and a dead worker is not started again: a broken worker costs time, never
 values.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import queue
 import signal
 import struct
 import subprocess
@@ -143,12 +146,6 @@ def _retire(worker: _Worker) -> None:
     worker.process.wait()
 
 
-def start_worker(fn: Callable[..., object]) -> None:
-    """Start the worker now, importing `fn`'s module, so that a later call finds it
-    ready (starting takes about a second, spent while the caller does other work)."""
-    _get_worker(fn.__module__)
-
-
 def stop_worker() -> None:
     """Stop the worker (a later call starts a new one)."""
     global _worker, _unavailable
@@ -218,6 +215,63 @@ def map_on_two_cores(
         part = parts[index]
         results.extend(_apply(fn, items[start : start + chunk_items]) if part is None else part)
     return results
+
+
+class Prefetch:
+    """Values handed to the worker while the caller does other work, for a later call.
+
+    `submit` queues items and returns at once; a feeder thread sends them to the worker
+    a chunk at a time. `finish` waits for what was queued and returns each item's result,
+    keyed by the item; an item the worker could not compute is missing, and the caller
+    computes it then. The worker serves nobody else meanwhile (a `map_on_two_cores` call
+    in between computes alone). Without a worker, `submit` keeps nothing.
+    """
+
+    def __init__(self, fn: Callable[..., T]) -> None:
+        self._fn = fn
+        self._results: dict[tuple[Any, ...], Any] = {}
+        self._queue: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        worker = _get_worker(fn.__module__)
+        self._worker = (
+            worker if worker is not None and worker.busy.acquire(blocking=False) else None
+        )
+
+    def submit(self, items: Sequence[tuple[Any, ...]]) -> None:
+        if self._worker is None or not items:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._feed, name="second-core-prefetch", daemon=True
+            )
+            self._thread.start()
+        self._queue.put(list(items))
+
+    def finish(self) -> dict[tuple[Any, ...], Any]:
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return self._results
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+        worker.busy.release()
+        return self._results
+
+    def _feed(self) -> None:
+        worker = self._worker
+        assert worker is not None
+        failed = False
+        while (items := self._queue.get()) is not None:
+            for start in range(0, len(items) if not failed else 0, CHUNK_ITEMS):
+                chunk = items[start : start + CHUNK_ITEMS]
+                try:
+                    self._results.update(zip(chunk, worker.map_chunk(self._fn, chunk), strict=True))
+                except _WorkerFailed:
+                    continue  # left to the caller
+                except (OSError, EOFError, pickle.PickleError, ValueError):
+                    _retire(worker)
+                    failed = True  # the rest is left to the caller; the queue is drained
+                    break
 
 
 def _serve(preload: str | None) -> None:
