@@ -87,3 +87,19 @@ def test_a_dry_run_hour_whose_outbox_fails_leaves_nothing_behind(
     report = deliver(engine, config, frame, tmp_path)
     assert report.requests == 3
     assert len(path.read_bytes().splitlines()) == 3
+
+
+def test_a_rename_that_fails_after_the_log_commits_keeps_the_finished_file(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Once the log holds the hour, its bodies are never deleted: the finished file stays
+    beside the hour's name and the error fails the delivery."""
+    config = destination_config("meta_capi", None, mode="dry_run")
+    frame = frame_of(many(2_500, "kept"))
+    path = outbox_path(tmp_path, "meta_capi", f"{HOUR:%Y-%m-%d-%H:%M}")
+    (path / "in-the-way").mkdir(parents=True)  # a non-empty folder where the file goes
+    with pytest.raises(OSError):
+        deliver(engine, config, frame, tmp_path)
+    assert len(batches(engine, "meta_capi")) == 3  # the log committed the hour
+    finished = path.with_suffix(".jsonl.tmp")
+    assert len(finished.read_bytes().splitlines()) == 3

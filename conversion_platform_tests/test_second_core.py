@@ -30,6 +30,10 @@ from conversion_platform.ingest.log_conversions import ingest_server_logs
 from conversion_platform.transform import normalise, second_core
 from conversion_platform.transform.normalise import hash_identity_columns, hash_phone
 
+pytestmark = pytest.mark.skipif(
+    second_core._usable_cores() < 2, reason="a worker process needs a second core"
+)
+
 
 @pytest.fixture(autouse=True)
 def fresh_worker() -> Iterator[None]:
@@ -56,6 +60,10 @@ def die_in_worker(value: int, caller_pid: int) -> int:
     if os.getpid() != caller_pid:
         os._exit(3)
     return -value
+
+
+def _memo_size_of_hash_phone(caller_pid: int) -> int:
+    return hash_phone.cache_info().currsize if os.getpid() != caller_pid else 0
 
 
 def _warm_worker() -> None:
@@ -114,7 +122,7 @@ def test_an_error_in_the_function_is_raised_in_the_caller() -> None:
     with pytest.raises(ValueError, match="thirteen"):
         second_core.map_on_two_cores(fail_on_13, items, min_items=1, chunk_items=10)
     # Near the end, where the worker works: its failure leaves the chunk to the caller.
-    tail = [(i,) for i in range(2_000)] + [(13,)]
+    tail = [(i,) for i in range(100, 2_100)] + [(13,)]
     with pytest.raises(ValueError, match="thirteen"):
         second_core.map_on_two_cores(fail_on_13, tail, min_items=1, chunk_items=10)
     # The worker is still there and still right.
@@ -174,7 +182,11 @@ def test_a_prefetch_hashes_ahead_and_gives_the_same_results() -> None:
     hash_phone.cache_clear()
     assert known == {args: hash_phone(*args) for args in first + second}
     # The worker is free for others again.
-    assert second_core.map_on_two_cores(slow_square_with_pid, [(3,)] * 200, min_items=1)[0][0] == 9
+    shared = second_core.map_on_two_cores(
+        slow_square_with_pid, [(3,)] * 500, min_items=1, chunk_items=5
+    )
+    assert {square for square, _ in shared} == {9}
+    assert {pid for _, pid in shared} - {os.getpid()}
 
 
 def test_a_prefetch_whose_worker_dies_finishes_with_what_it_has() -> None:
@@ -238,3 +250,33 @@ def test_ingest_hashes_phones_ahead_with_the_same_result(
     assert ahead.dropped_identifiers == alone.dropped_identifiers
     assert ahead.dropped_identifiers["phone_invalid"] > 0
     assert ahead.frame["phone_sha256"].notna().sum() > 500
+
+
+def print_and_square(value: int) -> tuple[int, int]:
+    """Writes to stdout, from Python and at the file-descriptor level, as C code might."""
+    print("noise from python")
+    os.write(1, b"noise from C\n")
+    time.sleep(0.002)
+    return value * value, os.getpid()
+
+
+def test_output_of_the_function_in_the_worker_never_reaches_the_pipe() -> None:
+    _warm_worker()
+    items = [(i,) for i in range(400)]
+    results = second_core.map_on_two_cores(print_and_square, items, min_items=1, chunk_items=5)
+    assert [square for square, _ in results] == [i * i for i in range(400)]
+    assert {pid for _, pid in results} - {os.getpid()}  # the worker computed some
+    worker = second_core._worker
+    assert worker is not None and worker.alive()  # not retired for a garbled reply
+
+
+def test_the_worker_keeps_no_memo_of_the_values_it_hashed() -> None:
+    """The caller empties its memo of plaintext after a run; the worker never has one."""
+    hash_phone.cache_clear()
+    items = [(f"(415) 555-{i:04d}", "US") for i in range(3_000)]
+    second_core.map_on_two_cores(hash_phone, items, min_items=1, chunk_items=10)
+    probe = second_core.map_on_two_cores(
+        _memo_size_of_hash_phone, [(os.getpid(),)] * 200, min_items=1, chunk_items=1
+    )
+    assert len(probe) == 200
+    assert max(probe) == 0

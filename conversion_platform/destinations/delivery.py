@@ -353,12 +353,14 @@ class HourDeliverer:
             self._deliver_chunks(selection, now, context, outbox, dry_run_log)
             if outbox is not None and dry_run_log is not None:
                 dry_run_log.record([], context.unsent)
-                outbox.flush()  # the log will say the bodies are in the file
+                outbox.finish()  # the log will say the bodies are in the file
         except BaseException:
-            if dry_run_log is not None:
-                dry_run_log.abandon()
-            if outbox is not None:
-                outbox.discard()
+            try:
+                if dry_run_log is not None:
+                    dry_run_log.abandon()
+            finally:
+                if outbox is not None:
+                    outbox.discard()
             raise
         if outbox is not None and dry_run_log is not None:
             try:
@@ -366,7 +368,9 @@ class HourDeliverer:
             except BaseException:
                 outbox.discard()
                 raise
-            report.outbox_file = str(outbox.close())
+            # After the commit nothing is discarded: a failed rename keeps the finished
+            # file beside the hour's name, and the error fails the step.
+            report.outbox_file = str(outbox.publish())
         return report
 
     def _deliver_chunks(

@@ -17,7 +17,10 @@ class OutboxWriter:
     """Writes an hour's bodies as they are built; the file replaces the old one on close.
 
     A re-run rewrites the hour's file, never appends, and a reader never sees half of it.
-    `discard` drops the unfinished file of an hour that failed, leaving the old one.
+    With a delivery log that records the hour: `finish` before the log commits (every
+    body is in the unfinished file, or the error is raised and the log rolls back),
+    `publish` after (the file takes the hour's name); `discard` drops the unfinished
+    file of an hour that failed before its log committed, leaving the old one.
     """
 
     def __init__(self, outbox_dir: Path, destination: str, partition_key: str) -> None:
@@ -30,19 +33,24 @@ class OutboxWriter:
         self._handle.write(body)
         self._handle.write(b"\n")
 
-    def flush(self) -> None:
-        """Hand every body written so far to the file (raises a failed write's error)."""
-        self._handle.flush()
+    def finish(self) -> None:
+        """Write out every body and close the unfinished file (raises a failed write)."""
+        self._handle.close()
+
+    def publish(self) -> Path:
+        """Put the finished file in place of the hour's old one. If this fails, the
+        finished file stays where it is (`<hour>.jsonl.tmp`) and the error is raised."""
+        os.replace(self._temporary, self.path)
+        return self.path
 
     def close(self) -> Path:
-        """Put the file in place of the hour's old one."""
+        """`finish` and `publish` (no log to wait for); an unfinished file is discarded."""
         try:
-            self._handle.close()
+            self.finish()
         except BaseException:
             self.discard()
             raise
-        os.replace(self._temporary, self.path)
-        return self.path
+        return self.publish()
 
     def discard(self) -> None:
         """Remove the unfinished file (the hour's old file stays)."""

@@ -137,9 +137,12 @@ def _ingest(
 
     try:
         scan = scan_logs_for_hours(engine, logs_dir, rules, hours, on_chunk=coerce_chunk)
-    finally:
-        known_phones = prefetch.finish() if prefetch is not None else {}
-        prefetched.clear()
+    except BaseException:
+        if prefetch is not None:
+            prefetch.finish(cancel=True)  # frees the worker without hashing the rest
+        raise
+    known_phones = prefetch.finish() if prefetch is not None else {}
+    prefetched.clear()
     per_hour = {
         hour: {
             "lines_parsed": parsed[hour],

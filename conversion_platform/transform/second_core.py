@@ -28,6 +28,7 @@ import atexit
 import os
 import pickle
 import queue
+import select
 import signal
 import struct
 import subprocess
@@ -44,6 +45,8 @@ MIN_ITEMS = 20_000
 CHUNK_ITEMS = 1_000
 #: Seconds a worker gets to exit when this process does.
 _EXIT_WAIT_S = 5.0
+#: Seconds to wait for any part of a reply (a cold worker imports this package first).
+_REPLY_TIMEOUT_S = 120.0
 _HEADER = struct.Struct("<Q")
 
 
@@ -61,15 +64,32 @@ def _send(stream: IO[bytes], data: bytes) -> None:
     stream.flush()
 
 
-def _receive_bytes(stream: IO[bytes]) -> bytes:
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        raise EOFError("the pipe closed")
-    (size,) = _HEADER.unpack(header)
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError("the pipe closed in a message")
-    return data
+def _read_exact(fd: int, size: int, timeout: float | None) -> bytes:
+    """`size` bytes from a pipe; EOFError when it closes, TimeoutError when a part of
+    the message takes longer than `timeout` seconds."""
+    parts: list[bytes] = []
+    left = size
+    while left:
+        if timeout is not None and not select.select([fd], [], [], timeout)[0]:
+            raise TimeoutError(f"no reply within {timeout:.0f} s")
+        part = os.read(fd, min(left, 1 << 20))
+        if not part:
+            raise EOFError("the pipe closed")
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _receive_bytes(fd: int, timeout: float | None = None) -> bytes:
+    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, timeout))
+    return _read_exact(fd, size, timeout)
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its affinity, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class _Worker:
@@ -96,9 +116,13 @@ class _Worker:
         except Exception as exc:  # a function the worker can't import (a lambda, say)
             raise _WorkerFailed(type(exc).__name__) from exc
         _send(self.process.stdin, request)
-        status, payload = pickle.loads(_receive_bytes(self.process.stdout))
+        status, payload = pickle.loads(
+            _receive_bytes(self.process.stdout.fileno(), _REPLY_TIMEOUT_S)
+        )
         if status != "ok":
             raise _WorkerFailed(payload)
+        if not isinstance(payload, list) or len(payload) != len(items):
+            raise EOFError("a reply of the wrong length: the pipe is out of step")
         return payload
 
     def stop(self) -> None:
@@ -127,7 +151,7 @@ def _get_worker(preload: str | None = None) -> _Worker | None:
         if _worker is not None and not _worker.alive():
             _worker = None
             _unavailable = True
-        if _worker is None and not _unavailable and (os.cpu_count() or 1) > 1:
+        if _worker is None and not _unavailable and _usable_cores() > 1:
             try:
                 _worker = _Worker(preload)
             except OSError:
@@ -155,7 +179,15 @@ def stop_worker() -> None:
         worker.stop()
 
 
+def _forget_after_fork() -> None:
+    """A forked child starts without its parent's worker (and with unheld locks)."""
+    global _worker, _worker_lock, _unavailable
+    _worker, _worker_lock, _unavailable = None, threading.Lock(), False
+
+
 atexit.register(stop_worker)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def map_on_two_cores(
@@ -191,7 +223,7 @@ def map_on_two_cores(
                 )
             except _WorkerFailed:
                 return  # the chunk is left to the caller, which raises fn's error itself
-            except (OSError, EOFError, pickle.PickleError, ValueError):
+            except Exception:  # a broken pipe, a timeout, a garbled reply: never used again
                 _retire(worker)
                 return
 
@@ -232,6 +264,7 @@ class Prefetch:
         self._results: dict[tuple[Any, ...], Any] = {}
         self._queue: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._cancelled = False
         worker = _get_worker(fn.__module__)
         self._worker = (
             worker if worker is not None and worker.busy.acquire(blocking=False) else None
@@ -247,14 +280,18 @@ class Prefetch:
             self._thread.start()
         self._queue.put(list(items))
 
-    def finish(self) -> dict[tuple[Any, ...], Any]:
+    def finish(self, cancel: bool = False) -> dict[tuple[Any, ...], Any]:
+        """Wait for the queued items (`cancel`: only for the chunk being computed)."""
         worker, self._worker = self._worker, None
         if worker is None:
             return self._results
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-        worker.busy.release()
+        try:
+            if self._thread is not None:
+                self._cancelled = cancel
+                self._queue.put(None)
+                self._thread.join()
+        finally:
+            worker.busy.release()
         return self._results
 
     def _feed(self) -> None:
@@ -263,12 +300,14 @@ class Prefetch:
         failed = False
         while (items := self._queue.get()) is not None:
             for start in range(0, len(items) if not failed else 0, CHUNK_ITEMS):
+                if self._cancelled:
+                    break
                 chunk = items[start : start + CHUNK_ITEMS]
                 try:
                     self._results.update(zip(chunk, worker.map_chunk(self._fn, chunk), strict=True))
                 except _WorkerFailed:
                     continue  # left to the caller
-                except (OSError, EOFError, pickle.PickleError, ValueError):
+                except Exception:  # a broken pipe, a timeout, a garbled reply
                     _retire(worker)
                     failed = True  # the rest is left to the caller; the queue is drained
                     break
@@ -276,8 +315,12 @@ class Prefetch:
 
 def _serve(preload: str | None) -> None:
     """The worker: answer each chunk on stdin with ("ok", results) or ("error", reason)."""
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # whatever `fn` prints must not reach the pipe
+    requests = sys.stdin.buffer.fileno()
+    # Replies go through a copy of the pipe; whatever `fn` prints, from Python or from C,
+    # goes to stderr and never into the protocol.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
     # Ctrl-C reaches the whole process group: the caller decides, and the worker ends
     # when the caller's end of the pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -290,7 +333,9 @@ def _serve(preload: str | None) -> None:
             return
         try:
             fn, items = pickle.loads(data)
-            reply: tuple[str, object] = ("ok", _apply(fn, items))
+            # The undecorated function: a memo here would keep plaintext values for the
+            # worker's life, out of reach of the caller's `clear_hashing_caches`.
+            reply: tuple[str, object] = ("ok", _apply(getattr(fn, "__wrapped__", fn), items))
         except Exception as exc:  # reported, and the caller computes the chunk itself
             # The type only: the message may quote a value (personal data stays out of logs).
             print(f"second_core worker: {type(exc).__name__}", file=sys.stderr)
