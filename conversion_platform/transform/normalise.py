@@ -356,16 +356,13 @@ def _map_distinct(
         width_r = len(region_uniques) + 1
         items = [(value_uniques[p // width_r], regions[p % width_r]) for p in pairs]
         known = known or {}
-        missing = [a for a in items if a not in known]
+        missing = [a for a in items if a not in known] if known else items
         # Phone numbers cost ~70 µs each in pure Python: many are shared with a worker.
-        computed = dict(
-            zip(
-                missing,
-                map_on_two_cores(fn, missing) if fn is hash_phone else [fn(*a) for a in missing],
-                strict=True,
-            )
+        computed = iter(
+            map_on_two_cores(fn, missing) if fn is hash_phone else [fn(*a) for a in missing]
         )
-        results = [known[a] if a in known else computed[a] for a in items]
+        # `missing` keeps the order of `items`: its results are taken in turn.
+        results = [known[a] if a in known else next(computed) for a in items]
     else:
         codes, uniques = pd.factorize(values[present].to_numpy())
         results = [fn(v) for v in uniques]
