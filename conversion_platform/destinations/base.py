@@ -32,6 +32,9 @@ STATUS_DRY_RUN = "dry_run"
 STATUS_VALIDATED = "validated"
 STATUS_PENDING_STATUS = "pending_status"  # accepted; the platform reports per event later
 
+#: Columns every platform's event carries (a destination's `columns_read` adds its own).
+EVENT_COLUMNS = frozenset({"event_id", "event_name", "event_time", "value", "currency", "order_id"})
+
 #: The general rule forwarders use: these HTTP statuses are worth retrying.
 RETRYABLE_HTTP_STATUSES = frozenset({408, 423, 429, 500, 502, 503, 504})
 
@@ -136,6 +139,11 @@ class Destination(ABC):
     accepts_consent_denied_events: bool = True
     #: the platform answers a status per request later (`request_status` is implemented)
     reports_status_later: bool = False
+    #: the hour's columns `encode_events` reads (None: every column). Delivery hands the
+    #: encoder only these, plus the ones it reads itself, so each chunk of events is taken
+    #: without the rest; reading a column left out is an error (`json_columns.has_column`),
+    #: never a column of nulls.
+    columns_read: ClassVar[frozenset[str] | None] = None
 
     # -- event names ------------------------------------------------------------------------
 

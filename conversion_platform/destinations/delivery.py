@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -150,7 +150,20 @@ class EligibleEvents:
     """The rows of an hour's frame a destination will encode, in sending order, and
     whether each may keep its identifiers (ad_user_data consent)."""
 
-    def __init__(self, frame: pd.DataFrame, positions: np.ndarray, allowed: np.ndarray) -> None:
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        positions: np.ndarray,
+        allowed: np.ndarray,
+        columns: Collection[str] | None = None,
+    ) -> None:
+        #: the hour's columns the chunks are taken without (None: every column is kept)
+        self._left_out: frozenset[str] | None = None
+        if columns is not None:
+            kept = [c for c in frame.columns if c in columns]
+            if len(kept) < len(frame.columns):
+                self._left_out = frozenset(frame.columns).difference(kept)
+                frame = frame[kept]  # Arrow columns are shared, not copied
         self._frame = frame
         self._positions = positions
         self._allowed = allowed
@@ -173,7 +186,10 @@ class EligibleEvents:
         if not chunk.index.equals(pd.RangeIndex(len(chunk))):
             chunk = chunk.copy(deep=False)
             chunk.index = pd.RangeIndex(len(chunk))
-        return strip_identifiers(chunk, pd.Series(self._allowed[start:stop]))
+        chunk = strip_identifiers(chunk, pd.Series(self._allowed[start:stop]))
+        if self._left_out is not None:  # `chunk` is new, or the narrowed frame (ours)
+            chunk.attrs[jc.LEFT_OUT_COLUMNS] = self._left_out
+        return chunk
 
 
 class EventRun:
@@ -502,7 +518,12 @@ class HourDeliverer:
                 # names as few groups as it can.
                 order = event_names.sort_values(kind="stable").index.to_numpy()
                 positions, allowed = positions[order], allowed[order]
-        return EligibleEvents(frame, positions, allowed), outcomes
+        columns = destination.columns_read
+        if columns is not None:
+            # and what delivery reads itself (`_encode_chunk`)
+            columns = columns | {"event_id", "event_name", "event_time", "match_quality"}
+            columns |= {match_quality_column(destination.platform)}
+        return EligibleEvents(frame, positions, allowed, columns), outcomes
 
     def _encode_chunk(
         self, chunk: pd.DataFrame, now: pd.Timestamp, carry: Carry | None, ctx: _BatchContext

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pandas as pd
@@ -36,6 +36,7 @@ import pandas as pd
 from conversion_platform import events
 from conversion_platform.destinations import json_columns as jc
 from conversion_platform.destinations.base import (
+    EVENT_COLUMNS,
     RETRYABLE_HTTP_STATUSES,
     STATUS_AUTH,
     STATUS_DELIVERED,
@@ -96,6 +97,23 @@ class GoogleAdsDataManager(Destination):
     max_event_age = timedelta(days=90)
     max_future_skew = timedelta(minutes=5)
     all_or_nothing = True
+    columns_read: ClassVar[frozenset[str] | None] = EVENT_COLUMNS | {
+        "action_source",
+        "client_ip",
+        "consent_ad_personalization",
+        "consent_ad_user_data",
+        "country",
+        "email_google_sha256",
+        "first_name_sha256",
+        "gbraid",
+        "gclid",
+        "items",
+        "last_name_sha256",
+        "phone_sha256",
+        "postal_code",
+        "user_agent",
+        "wbraid",
+    }
     max_groups_per_request = 10  # destinations a request
     accepts_consent_denied_events = True
     reports_status_later = True

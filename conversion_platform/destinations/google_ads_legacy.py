@@ -22,7 +22,7 @@ ClickConversion, partial failures):
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pandas as pd
@@ -30,6 +30,7 @@ import pandas as pd
 from conversion_platform import events
 from conversion_platform.destinations import json_columns as jc
 from conversion_platform.destinations.base import (
+    EVENT_COLUMNS,
     RETRYABLE_HTTP_STATUSES,
     STATUS_AUTH,
     STATUS_DELIVERED,
@@ -68,6 +69,22 @@ class GoogleAdsClickConversions(Destination):
     max_future_skew = timedelta(minutes=5)
     # partialFailure: valid conversions are taken; a refused one is named by its index.
     all_or_nothing = False
+    columns_read: ClassVar[frozenset[str] | None] = EVENT_COLUMNS | {
+        "city",
+        "client_ip",
+        "consent_ad_personalization",
+        "consent_ad_user_data",
+        "country",
+        "email_google_sha256",
+        "first_name_sha256",
+        "gbraid",
+        "gclid",
+        "last_name_sha256",
+        "phone_sha256",
+        "postal_code",
+        "region",
+        "wbraid",
+    }
     accepts_consent_denied_events = True
 
     def platform_event_name(self, event_name: str, config: DestinationConfig) -> str | None:

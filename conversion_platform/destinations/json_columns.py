@@ -83,13 +83,30 @@ def mask_where(values: pa.Array, keep: np.ndarray) -> pa.Array:
 # --- pandas -> Arrow -------------------------------------------------------------------------
 
 
+#: `frame.attrs` key: the columns of the hour a frame of events was taken without
+LEFT_OUT_COLUMNS = "left_out_columns"
+
+
+def has_column(frame: pd.DataFrame, column: str) -> bool:
+    """Whether `frame` has the column. An hour's column its events were taken without (a
+    destination whose `columns_read` misses it) raises: it must never read as nulls."""
+    if column in frame.columns:
+        return True
+    if column in frame.attrs.get(LEFT_OUT_COLUMNS, ()):
+        raise KeyError(
+            f"column {column!r} was left out of the events: add it to the destination's "
+            "columns_read"
+        )
+    return False
+
+
 def text_column(frame: pd.DataFrame, column: str) -> pa.Array:
     """The column as Arrow text; missing values and empty strings are null.
 
     A pandas `string[pyarrow]` column converts without copying; a Python-backed one
     costs one pass over its objects.
     """
-    if column not in frame.columns:
+    if not has_column(frame, column):
         return null_text(len(frame))
     series = frame[column]
     dtype = series.dtype
@@ -128,7 +145,7 @@ def blank_to_null(values: pa.Array) -> pa.Array:
 
 def float_values(frame: pd.DataFrame, column: str) -> pa.Array:
     """A numeric column as float64; NaN and infinities are null."""
-    if column not in frame.columns:
+    if not has_column(frame, column):
         return pa.nulls(len(frame), pa.float64())
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(
         dtype="float64", na_value=np.nan

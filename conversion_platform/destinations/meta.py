@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from conversion_platform.destinations import json_columns as jc
 from conversion_platform.destinations.base import (
+    EVENT_COLUMNS,
     RETRYABLE_HTTP_STATUSES,
     STATUS_AUTH,
     STATUS_DELIVERED,
@@ -58,6 +59,25 @@ class MetaConversionsApi(Destination):
     max_event_age = timedelta(days=7)
     max_future_skew = timedelta(minutes=1)
     all_or_nothing = True
+    columns_read: ClassVar[frozenset[str] | None] = EVENT_COLUMNS | {
+        "action_source",
+        "city",
+        "client_ip",
+        "country",
+        "email_sha256",
+        "external_id_sha256",
+        "fbc",
+        "fbclid",
+        "fbp",
+        "first_name_sha256",
+        "items",
+        "last_name_sha256",
+        "page_url",
+        "phone_digits_sha256",
+        "postal_code",
+        "region",
+        "user_agent",
+    }
     # Meta requires the user agent on website events; without consent it can't be sent.
     accepts_consent_denied_events = False
     standard_event_names: ClassVar[dict[str, str]] = {

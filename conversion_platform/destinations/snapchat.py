@@ -29,6 +29,7 @@ import pyarrow as pa
 from conversion_platform import events
 from conversion_platform.destinations import json_columns as jc
 from conversion_platform.destinations.base import (
+    EVENT_COLUMNS,
     RETRYABLE_HTTP_STATUSES,
     STATUS_AUTH,
     STATUS_DELIVERED,
@@ -59,6 +60,23 @@ class SnapchatConversionsApi(Destination):
     max_future_skew = timedelta(minutes=5)
     # Assumed: one invalid event refuses the request, as on Meta whose shape v3 follows.
     all_or_nothing = True
+    columns_read: ClassVar[frozenset[str] | None] = EVENT_COLUMNS | {
+        "action_source",
+        "city",
+        "client_ip",
+        "country",
+        "email_sha256",
+        "external_id_sha256",
+        "first_name_sha256",
+        "items",
+        "last_name_sha256",
+        "page_url",
+        "phone_digits_sha256",
+        "postal_code",
+        "region",
+        "sccid",
+        "user_agent",
+    }
     # Without consent an event has no key to match a Snapchatter on, and Snap refuses it.
     accepts_consent_denied_events = False
     standard_event_names: ClassVar[dict[str, str]] = {

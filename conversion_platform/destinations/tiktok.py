@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from conversion_platform.destinations import json_columns as jc
 from conversion_platform.destinations.base import (
+    EVENT_COLUMNS,
     RETRYABLE_HTTP_STATUSES,
     STATUS_AUTH,
     STATUS_DELIVERED,
@@ -55,6 +56,24 @@ class TikTokEventsApi(Destination):
     max_future_skew = timedelta(minutes=5)
     # Assumed from forwarders' experience: an invalid event refuses the whole request.
     all_or_nothing = True
+    columns_read: ClassVar[frozenset[str] | None] = EVENT_COLUMNS | {
+        "city",
+        "client_ip",
+        "country",
+        "email_sha256",
+        "external_id_sha256",
+        "first_name_sha256",
+        "items",
+        "last_name_sha256",
+        "page_url",
+        "phone_sha256",
+        "postal_code",
+        "referrer",
+        "region",
+        "ttclid",
+        "ttp",
+        "user_agent",
+    }
     accepts_consent_denied_events = True
     standard_event_names: ClassVar[dict[str, str]] = {
         "purchase": "Purchase",
