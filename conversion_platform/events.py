@@ -227,6 +227,11 @@ STORED_COLUMNS: Final[tuple[str, ...]] = (
 #: The hour (UTC, on the hour) an event belongs to: the partition it was received in.
 HOUR_COLUMN: Final = "hour"
 
+#: `DataFrame.attrs` key: the columns of the hour a frame was read or taken without (an
+#: input that names its columns, a destination's chunk of events). Code that treats an
+#: absent column as empty must raise for these instead (`json_columns.has_column`).
+LEFT_OUT_COLUMNS: Final = "left_out_columns"
+
 #: Ad platforms with their own match-quality score column (`match_quality_<platform>`).
 MATCH_QUALITY_PLATFORMS: Final[tuple[str, ...]] = ("meta", "google", "tiktok", "snapchat")
 

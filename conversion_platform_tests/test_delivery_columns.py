@@ -3,9 +3,11 @@
 Scope: an hour with every column filled gives the very same outbox and delivery log
 whether the events are taken with the destination's `columns_read` or with every column
 (for each destination, in chunks, with consent-denied and re-ordered events so chunks
-are taken, not sliced); the encoder really sees fewer columns; a column an encoder reads
-but its destination does not declare is a clear error, never a column of nulls; a column
-the hour does not have at all still reads as nulls.
+are taken, not sliced); the encoder really sees fewer columns; in a Dagster run the
+delivery step reads only those columns of the hour's Parquet file and writes the same
+bodies; a column an encoder reads but its destination does not declare is a clear error,
+never a column of nulls, in a run too; a column the hour does not have at all still reads
+as nulls.
 """
 
 from __future__ import annotations
@@ -14,15 +16,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pandas as pd
 import pytest
 from sqlalchemy.engine import Engine
 
+from conversion_platform.defs import delivery_assets
+from conversion_platform.defs.partitions import hourly_partitions, single_run
+from conversion_platform.defs.resources import resources_from_settings
 from conversion_platform.destinations.base import Destination, EncodedEvents
 from conversion_platform.destinations.config import DestinationConfig
-from conversion_platform.destinations.delivery import HourDeliverer
+from conversion_platform.destinations.delivery import HourDeliverer, columns_delivered
 from conversion_platform.destinations.http_client import new_session
 from conversion_platform.destinations.registry import destination_for
+from conversion_platform.settings import Settings
 from conversion_platform.store.database import create_database_engine
 from conversion_platform_tests.delivery_support import (
     HOUR,
@@ -40,9 +47,6 @@ DESTINATIONS = [
     ("tiktok", {}),
     ("snapchat", {}),
 ]
-
-#: What `HourDeliverer` reads of a chunk itself, beside the encoder's columns.
-DELIVERY_COLUMNS = {"event_id", "event_name", "event_time"}
 
 
 def full_hour() -> pd.DataFrame:
@@ -124,10 +128,10 @@ def test_events_taken_with_the_declared_columns_encode_as_with_every_column(
     assert narrowed[0] == whole[0]  # byte for byte the same request bodies
     assert narrowed[1] == whole[1]  # and the same outcome for every event
     assert len(narrowed[2]) == len(whole[2]) >= 2  # up to 23 events in chunks of 10
-    declared = set(destination_for(name, settings).columns_read or ())
+    declared = destination_for(name, settings).columns_read
     assert declared, f"{name} declares the columns it reads"
     for columns in narrowed[2]:
-        assert set(columns) <= declared | DELIVERY_COLUMNS | {"match_quality"}
+        assert set(columns) <= (columns_delivered(destination_for(name, settings)) or set())
         assert len(columns) < len(frame.columns)
     assert all(columns == list(frame.columns) for columns in whole[2])
 
@@ -156,3 +160,68 @@ def test_a_column_the_hour_does_not_have_still_reads_as_nulls(
     body = deliver_dry_run(engine, destination_for("meta_capi"), config, frame, tmp_path / "o")
     assert b'"fbc":' in body and b'"ct":' in body
     assert b'"fbp":' not in body and b'"st":' not in body
+
+
+KEY = HOUR.strftime("%Y-%m-%d-%H:%M")
+
+
+@dg.asset(name="resolved_conversions", partitions_def=hourly_partitions, backfill_policy=single_run)
+def resolved_conversions() -> pd.DataFrame:
+    """Stands in for the identity stage: its partition is written to the IO manager's file."""
+    raise AssertionError("not materialised in these tests")
+
+
+def materialize_delivery(
+    settings: Settings, config: DestinationConfig, frame: pd.DataFrame
+) -> dg.ExecuteInProcessResult:
+    path = settings.partitions_dir / "resolved_conversions" / f"{KEY}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    asset = delivery_assets.build_delivery_asset(config)
+    with dg.instance_for_test() as instance:
+        return dg.materialize(
+            [resolved_conversions, asset],
+            selection=[asset.key],
+            partition_key=KEY,
+            resources=resources_from_settings(settings),
+            instance=instance,
+            raise_on_error=False,
+        )
+
+
+@pytest.mark.parametrize("name", ["meta_capi", "google_ads", "tiktok", "snapchat"])
+def test_a_delivery_step_reads_only_its_columns_and_writes_the_whole_hours_bodies(
+    name: str, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = full_hour()
+    config = destination_config(name, None, mode="dry_run", batch_size=5)
+    in_run = recording(destination_for(name), every_column=False)
+    monkeypatch.setattr(delivery_assets, "destination_for", lambda *args: in_run)
+    assert materialize_delivery(settings, config, frame).success
+    written = (settings.outbox_dir / name / f"{KEY}.jsonl").read_bytes()
+
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'whole.db'}")
+    whole = recording(destination_for(name), every_column=True)
+    assert written == deliver_dry_run(engine, whole, config, frame, tmp_path / "whole")
+    engine.dispose()
+    delivered = columns_delivered(destination_for(name)) or set()
+    for columns in in_run.seen:  # type: ignore[attr-defined]
+        assert set(columns) <= delivered and len(columns) < len(frame.columns)
+
+
+def test_a_column_left_out_of_a_delivery_steps_input_is_an_error_in_the_run(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meta = destination_for("meta_capi")
+    undeclared = type(
+        "MetaWithoutUserAgent",
+        (type(meta),),
+        {"columns_read": (meta.columns_read or frozenset()) - {"user_agent"}},
+    )()
+    monkeypatch.setattr(delivery_assets, "destination_for", lambda *args: undeclared)
+    config = destination_config("meta_capi", None, mode="dry_run")
+    result = materialize_delivery(settings, config, full_hour())
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None
+    assert "'user_agent' was left out" in str(failure.message) + str(failure.cause)

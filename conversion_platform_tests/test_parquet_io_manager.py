@@ -1,9 +1,10 @@
 """The hourly Parquet IO manager: what a step stores is what the next step loads.
 
 Scope: an hour's frame written by `handle_output` and read back by `load_input` (every
-column, or the columns an input names) is equal to it, values and dtypes; text comes back
-as one Arrow array per column for an hour larger than Arrow's read batches (a `take` over
-a column in pieces cost a delivery up to five times more); a missing hour is a clear error.
+column, or those of the columns an input names that the file has, its other columns named
+in the frame's attrs) is equal to it, values and dtypes; text comes back as one Arrow
+array per column for an hour larger than Arrow's read batches (a `take` over a column in
+pieces cost a delivery up to five times more); a missing hour is a clear error.
 """
 
 from __future__ import annotations
@@ -70,8 +71,12 @@ def test_an_hour_loads_back_equal_with_each_text_column_in_one_piece(tmp_path: P
 
 def test_an_input_reads_only_the_columns_it_names(tmp_path: Path) -> None:
     frame = _hour_frame(1_000)
-    loaded = _load(_store(tmp_path, frame), ["event_id", "value"])
-    pd.testing.assert_frame_equal(loaded, frame[["event_id", "value"]])
+    loaded = _load(_store(tmp_path, frame), ["value", "event_id", "not_in_the_file"])
+    pd.testing.assert_frame_equal(loaded, frame[["value", "event_id"]])
+    # The file's other columns are named, so code that reads an absent column as empty
+    # can tell "not read" from "not there".
+    assert loaded.attrs[events.LEFT_OUT_COLUMNS] == {"hour", "event_name", "event_time"}
+    assert events.LEFT_OUT_COLUMNS not in _load(_store(tmp_path, frame)).attrs
 
 
 def test_an_hour_not_materialised_is_a_clear_error(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from conversion_platform.defs.metadata import markdown_table
 from conversion_platform.defs.partitions import hourly_partitions, hours_of_run, single_run
 from conversion_platform.defs.resources import OperationalDatabase, PlatformSettings
 from conversion_platform.destinations.config import DestinationConfig
-from conversion_platform.destinations.delivery import HourDeliverer, HourDelivery
+from conversion_platform.destinations.delivery import HourDeliverer, HourDelivery, columns_delivered
 from conversion_platform.destinations.http_client import new_session
 from conversion_platform.destinations.registry import destination_for
 from conversion_platform.destinations.request_status import StatusPolling, resolve_pending_requests
@@ -56,6 +56,12 @@ def _status_figures(before: StatusPolling, after: StatusPolling) -> dict[str, in
 def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
     """The partitioned delivery asset `delivery/<name>` for one configured destination."""
     destination = destination_for(config.platform, config.settings)
+    # The hour is read with the columns its delivery reads (all when it does not say).
+    columns = columns_delivered(destination)
+    resolved = dg.AssetIn(
+        "resolved_conversions",
+        metadata={"columns": sorted(columns | {events.HOUR_COLUMN})} if columns else None,
+    )
 
     @dg.asset(
         name=config.name,
@@ -65,7 +71,7 @@ def build_delivery_asset(config: DestinationConfig) -> dg.AssetsDefinition:
         group_name=DELIVERY_GROUP,
         kinds={"python"},
         pool=f"destination_{config.name}",
-        ins={"resolved_conversions": dg.AssetIn("resolved_conversions")},
+        ins={"resolved_conversions": resolved},
         check_specs=[
             dg.AssetCheckSpec(
                 CIRCUIT_CLOSED_CHECK,

@@ -123,6 +123,21 @@ def forwarded_event_names(frame: pd.DataFrame, config: DestinationConfig) -> pd.
     return keep.fillna(False).astype(bool)
 
 
+#: The columns delivery reads of an hour itself (filters, consent, outcomes), beside those
+#: its destination's encoder reads.
+_DELIVERY_COLUMNS = frozenset(
+    {"event_id", "event_name", "event_time", "consent_ad_user_data", "match_quality"}
+)
+
+
+def columns_delivered(destination: Destination) -> frozenset[str] | None:
+    """The columns of an hour that delivering it to `destination` reads (None: all)."""
+    if destination.columns_read is None:
+        return None
+    own = {match_quality_column(destination.platform)}
+    return destination.columns_read | _DELIVERY_COLUMNS | own
+
+
 def strip_identifiers(frame: pd.DataFrame, allowed: pd.Series) -> pd.DataFrame:
     """Events without ad_user_data consent lose every identifier before anything is built."""
     if allowed.all():
@@ -157,13 +172,15 @@ class EligibleEvents:
         allowed: np.ndarray,
         columns: Collection[str] | None = None,
     ) -> None:
-        #: the hour's columns the chunks are taken without (None: every column is kept)
-        self._left_out: frozenset[str] | None = None
+        # The hour's columns the chunks are without: those the hour was read without, and
+        # those left out here.
+        left_out = set(frame.attrs.get(events.LEFT_OUT_COLUMNS, ()))
         if columns is not None:
             kept = [c for c in frame.columns if c in columns]
             if len(kept) < len(frame.columns):
-                self._left_out = frozenset(frame.columns).difference(kept)
+                left_out.update(frame.columns.difference(kept))
                 frame = frame[kept]  # Arrow columns are shared, not copied
+        self._left_out = frozenset(left_out) if left_out else None
         self._frame = frame
         self._positions = positions
         self._allowed = allowed
@@ -187,8 +204,8 @@ class EligibleEvents:
             chunk = chunk.copy(deep=False)
             chunk.index = pd.RangeIndex(len(chunk))
         chunk = strip_identifiers(chunk, pd.Series(self._allowed[start:stop]))
-        if self._left_out is not None:  # `chunk` is new, or the narrowed frame (ours)
-            chunk.attrs[jc.LEFT_OUT_COLUMNS] = self._left_out
+        if self._left_out is not None:
+            chunk.attrs[events.LEFT_OUT_COLUMNS] = self._left_out
         return chunk
 
 
@@ -518,12 +535,7 @@ class HourDeliverer:
                 # names as few groups as it can.
                 order = event_names.sort_values(kind="stable").index.to_numpy()
                 positions, allowed = positions[order], allowed[order]
-        columns = destination.columns_read
-        if columns is not None:
-            # and what delivery reads itself (`_encode_chunk`)
-            columns = columns | {"event_id", "event_name", "event_time", "match_quality"}
-            columns |= {match_quality_column(destination.platform)}
-        return EligibleEvents(frame, positions, allowed, columns), outcomes
+        return EligibleEvents(frame, positions, allowed, columns_delivered(destination)), outcomes
 
     def _encode_chunk(
         self, chunk: pd.DataFrame, now: pd.Timestamp, carry: Carry | None, ctx: _BatchContext

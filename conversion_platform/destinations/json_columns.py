@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from conversion_platform import events
+
 TEXT = pa.large_string()
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 #: Bytes a JSON string cannot hold as they are: control characters, `"` and `\`.
@@ -83,16 +85,13 @@ def mask_where(values: pa.Array, keep: np.ndarray) -> pa.Array:
 # --- pandas -> Arrow -------------------------------------------------------------------------
 
 
-#: `frame.attrs` key: the columns of the hour a frame of events was taken without
-LEFT_OUT_COLUMNS = "left_out_columns"
-
-
 def has_column(frame: pd.DataFrame, column: str) -> bool:
-    """Whether `frame` has the column. An hour's column its events were taken without (a
-    destination whose `columns_read` misses it) raises: it must never read as nulls."""
+    """Whether `frame` has the column. A column of the hour the frame was read or taken
+    without (a destination whose `columns_read` misses it) raises: it must never read as
+    nulls."""
     if column in frame.columns:
         return True
-    if column in frame.attrs.get(LEFT_OUT_COLUMNS, ()):
+    if column in frame.attrs.get(events.LEFT_OUT_COLUMNS, ()):
         raise KeyError(
             f"column {column!r} was left out of the events: add it to the destination's "
             "columns_read"
