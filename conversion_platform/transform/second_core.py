@@ -25,6 +25,7 @@ values.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import pickle
 import queue
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
@@ -85,11 +87,41 @@ def _receive_bytes(fd: int, timeout: float | None = None) -> bytes:
     return _read_exact(fd, size, timeout)
 
 
+#: Where a container sees its own cgroup's CPU limit (cgroup v2, then v1).
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
 def _usable_cores() -> int:
-    """Cores this process may run on (its affinity, not the host's count)."""
+    """Cores this process may run on: its affinity (not the host's count), and no more
+    than its cgroup's CPU quota allows (a container limited to one CPU on a many-core
+    host gains nothing from a worker: the two would share the one CPU's time)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(_CGROUP_ROOT)
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota + 0.5)))
+    return cores
+
+
+def cgroup_cpu_quota(root: Path) -> float | None:
+    """The CPUs' worth of time the cgroup mounted at `root` may use per period (None:
+    unlimited, or no limit can be read). cgroup v2 `cpu.max` ("max 100000" or
+    "150000 100000"), else v1 `cpu/cpu.cfs_quota_us` over `cpu/cpu.cfs_period_us`."""
+    try:
+        fields = (root / "cpu.max").read_text().split()
+        if len(fields) == 2 and fields[0] != "max":
+            return int(fields[0]) / int(fields[1])
+        return None
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 class _Worker:
