@@ -212,10 +212,11 @@ class EligibleEvents:
 class EventRun:
     """The sendable events of (a chunk of) an hour: ids, names, scores and JSON objects.
 
-    Event i's JSON object is a slice of the encoder's buffer (rows `keep` leaves out, the
-    events that can't be sent, are skipped); a request's body joins its events' slices
-    with commas, so each byte is copied once. Events carried over from the previous chunk
-    (a batch's worth at most) come first, as bytes.
+    Event i's JSON object is a slice of a buffer holding the encoder's objects each
+    followed by a comma (rows `keep` leaves out, the events that can't be sent, are
+    skipped); a request's body is one slice of it where its events lie side by side, and
+    otherwise joins its events' slices with commas. Events carried over from the previous
+    chunk (a batch's worth at most) come first, as bytes.
     """
 
     def __init__(
@@ -244,12 +245,19 @@ class EventRun:
             json = json.combine_chunks()
         if json.type != jc.TEXT:
             json = json.cast(jc.TEXT)
+        # Each event's object with a comma after it, back to back (one copy, in Arrow):
+        # a batch of events side by side in the buffer is then one slice of it.
+        json = jc.concat(json, jc.lit(","))
         offsets = jc.value_offsets(json)
         starts, ends = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
         if keep is not None:
             starts, ends = starts[keep], ends[keep]
         self._starts: list[int] = starts.tolist()
-        self._ends: list[int] = ends.tolist()
+        self._ends: list[int] = ends.tolist()  # past the comma
+        #: `_apart[k]`: how many of events 0..k do not start where the one before ended
+        #: (a left-out event between them): events a..b are one slice when it is the same
+        #: at a and at b
+        self._apart = np.concatenate(([0], np.cumsum(starts[1:] != ends[:-1])))
         self._data = memoryview(jc.contiguous_text(json))
 
     def __len__(self) -> int:
@@ -259,7 +267,7 @@ class EventRun:
         if i < len(self._carried):
             return self._carried[i]
         i -= len(self._carried)
-        return self._data[self._starts[i] : self._ends[i]]
+        return self._data[self._starts[i] : self._ends[i] - 1]
 
     def piece(self, i: int) -> bytes:
         """Event i's JSON object."""
@@ -267,15 +275,13 @@ class EventRun:
 
     def batch(self, number: int, positions: Sequence[int]) -> EventBatch:
         carried = len(self._carried)
-        if isinstance(positions, range) and positions.step == 1 and positions.start >= carried:
-            data, starts, ends = self._data, self._starts, self._ends
-            body = b",".join(
-                [
-                    data[starts[i] : ends[i]]
-                    for i in range(positions.start - carried, positions.stop - carried)
-                ]
-            )
-            event_ids = self.event_ids[positions.start : positions.stop]
+        first, last = 0, -1  # this chunk's events first..last, when `positions` are a run
+        if isinstance(positions, range) and positions.step == 1:
+            first, last = positions.start - carried, positions.stop - carried - 1
+        if 0 <= first <= last and self._apart[first] == self._apart[last]:
+            # side by side in the buffer: the events and the commas between them
+            body = bytes(self._data[self._starts[first] : self._ends[last] - 1])
+            event_ids = self.event_ids[carried + first : carried + last + 1]
         else:
             body = b",".join([self._view(i) for i in positions])
             event_ids = [self.event_ids[i] for i in positions]
