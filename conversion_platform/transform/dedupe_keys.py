@@ -351,7 +351,7 @@ def assign_dedupe_keys(
     if needs_id.any():
         conversion_event_id[needs_id] = derived_event_ids(dedupe_key[needs_id])
     out = frame  # reset_index above made it a frame of our own
-    out["dedupe_rule"] = pd.Series(rule, index=frame.index, dtype="string")
+    out["dedupe_rule"] = pd.Series(events.string_array(rule), index=frame.index)
     out["dedupe_key"] = dedupe_key
     out["conversion_event_id"] = conversion_event_id
     match_keys = (

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from conversion_platform import events
 from conversion_platform.transform.identity_rules import IdentityRules
 
 #: Person identifier kind -> (column it fills, column its variant fills).
@@ -145,4 +146,4 @@ def enriched_labels(size: int, filled: dict[str, np.ndarray]) -> pd.Series:
         empty = pd.isna(labels[rows])
         labels[rows[empty]] = name
         labels[rows[~empty]] = labels[rows[~empty]] + ("," + name)
-    return pd.Series(labels, dtype="string")
+    return pd.Series(events.string_array(labels))

@@ -208,7 +208,7 @@ def resolve_hour(
     row_person = np.full(n, None, dtype=object)
     has_anchor = plan.anchor >= 0
     row_person[rows[has_anchor]] = plan.node_person[plan.anchor[has_anchor]]
-    frame["person_id"] = pd.Series(row_person, dtype="string")
+    frame["person_id"] = events.string_array(row_person)
     clicks = _click_rows(
         {c: values[c] for c in click_columns}, notna, rows, row_person, times_us, hour_us
     )
@@ -232,7 +232,7 @@ def resolve_hour(
         filled.update(enrich_click_ids(values, targets, row_person, times_us, clicks_known, rules))
         for name in filled:
             for column in filter(None, CONTACT_FILLS.get(name, (name,))):
-                frame[column] = pd.array(values[column], dtype="string")
+                frame[column] = events.string_array(values[column])
                 if column in notna:
                     notna[column] = notna[column].copy()
                     notna[column][filled[name]] = True

@@ -392,7 +392,7 @@ def normalise_location_columns(frame: pd.DataFrame) -> pd.DataFrame:
             (normalised, _reason), _ = _map_distinct(
                 _as_text(frame[column]), lambda v, f=normaliser: (f(v), None), None, 2
             )
-            frame[column] = pd.Series(normalised, index=frame.index, dtype="string")
+            frame[column] = pd.Series(events.string_array(normalised), index=frame.index)
     if "postal_code" in frame.columns:
         countries = (
             _as_text(frame["country"])
@@ -405,7 +405,7 @@ def normalise_location_columns(frame: pd.DataFrame) -> pd.DataFrame:
             countries,
             2,
         )
-        frame["postal_code"] = pd.Series(normalised, index=frame.index, dtype="string")
+        frame["postal_code"] = pd.Series(events.string_array(normalised), index=frame.index)
     return frame
 
 
