@@ -43,6 +43,7 @@ from conversion_platform_tests.delivery_support import (
 DESTINATIONS = [
     ("meta_capi", {}),
     ("google_ads", {}),
+    ("google_ads", {"merchant_id": "m-1"}),  # cart data: the items are read
     ("google_ads", {"api": "legacy"}),
     ("tiktok", {}),
     ("snapchat", {}),
@@ -189,22 +190,27 @@ def materialize_delivery(
         )
 
 
-@pytest.mark.parametrize("name", ["meta_capi", "google_ads", "tiktok", "snapchat"])
+@pytest.mark.parametrize(("name", "settings"), DESTINATIONS)
 def test_a_delivery_step_reads_only_its_columns_and_writes_the_whole_hours_bodies(
-    name: str, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str,
+    settings: dict[str, str],
+    platform_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     frame = full_hour()
-    config = destination_config(name, None, mode="dry_run", batch_size=5)
-    in_run = recording(destination_for(name), every_column=False)
+    home = Settings.from_env()
+    config = destination_config(name, None, mode="dry_run", settings=settings, batch_size=5)
+    in_run = recording(destination_for(name, settings), every_column=False)
     monkeypatch.setattr(delivery_assets, "destination_for", lambda *args: in_run)
-    assert materialize_delivery(settings, config, frame).success
-    written = (settings.outbox_dir / name / f"{KEY}.jsonl").read_bytes()
+    assert materialize_delivery(home, config, frame).success
+    written = (home.outbox_dir / name / f"{KEY}.jsonl").read_bytes()
 
     engine = create_database_engine(f"sqlite:///{tmp_path / 'whole.db'}")
-    whole = recording(destination_for(name), every_column=True)
+    whole = recording(destination_for(name, settings), every_column=True)
     assert written == deliver_dry_run(engine, whole, config, frame, tmp_path / "whole")
     engine.dispose()
-    delivered = columns_delivered(destination_for(name)) or set()
+    delivered = columns_delivered(destination_for(name, settings)) or set()
     for columns in in_run.seen:  # type: ignore[attr-defined]
         assert set(columns) <= delivered and len(columns) < len(frame.columns)
 

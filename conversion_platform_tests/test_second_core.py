@@ -5,8 +5,7 @@ phone hashing gives the same digests and drop counts with and without the worker
 error in the function is raised in the caller; a worker that dies mid-call costs no
 value and is not started again; a script without a main guard is not run twice (the
 trap of `multiprocessing`'s spawned children); a prefetch (ingest hashing an hour's numbers
-while its lines are parsed) gives the same hour, and finishes when its worker dies; a
-cgroup CPU quota (v2 or v1) of one CPU starts no worker.
+while its lines are parsed) gives the same hour, and finishes when its worker dies.
 """
 
 from __future__ import annotations
@@ -85,37 +84,6 @@ def test_results_are_in_order_and_the_worker_computes_part_of_them() -> None:
 def test_below_the_threshold_no_worker_is_started() -> None:
     results = second_core.map_on_two_cores(slow_square_with_pid, [(2,)] * 10, min_items=11)
     assert results == [(4, os.getpid())] * 10
-    assert second_core._worker is None
-
-
-@pytest.mark.parametrize(
-    ("files", "quota"),
-    [
-        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2, one and a half CPUs
-        ({"cpu.max": "max 100000\n"}, None),  # v2, unlimited
-        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.0),
-        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
-        ({"cpu.max": "garbage\n"}, None),
-        ({}, None),  # no cgroup files at all
-    ],
-)
-def test_a_cgroup_cpu_quota_is_read(
-    tmp_path: Path, files: dict[str, str], quota: float | None
-) -> None:
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert second_core.cgroup_cpu_quota(tmp_path) == quota
-
-
-def test_a_container_limited_to_one_cpu_starts_no_worker(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "cpu.max").write_text("100000 100000\n")
-    monkeypatch.setattr(second_core, "_CGROUP_ROOT", tmp_path)
-    assert second_core._usable_cores() == 1
-    results = second_core.map_on_two_cores(slow_square_with_pid, [(3,)] * 50, min_items=1)
-    assert results == [(9, os.getpid())] * 50
     assert second_core._worker is None
 
 

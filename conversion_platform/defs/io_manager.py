@@ -53,6 +53,11 @@ class HourlyParquetIOManager(dg.ConfigurableIOManager):
         temporary = path.with_suffix(".parquet.tmp")
         # pyarrow directly: no index column, dictionary-encoded text (ids repeat little, but
         # names, sources, consent, countries and hashes of returning people do).
+        if events.LEFT_OUT_COLUMNS in frame.attrs:
+            # What a reader left out of its input says nothing about this output: never
+            # stored (pyarrow keeps a frame's attrs in the file).
+            frame = frame.copy(deep=False)
+            frame.attrs = {k: v for k, v in frame.attrs.items() if k != events.LEFT_OUT_COLUMNS}
         table = pa.Table.from_pandas(frame, preserve_index=False)
         pq.write_table(table, temporary, compression="snappy", use_dictionary=True)
         os.replace(temporary, path)  # a reader never sees half a file

@@ -87,8 +87,9 @@ def _receive_bytes(fd: int, timeout: float | None = None) -> bytes:
     return _read_exact(fd, size, timeout)
 
 
-#: Where a container sees its own cgroup's CPU limit (cgroup v2, then v1).
+#: Where the cgroup hierarchy is mounted, and where this process says it sits in it.
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 def _usable_cores() -> int:
@@ -99,26 +100,63 @@ def _usable_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     else:
         cores = os.cpu_count() or 1
-    quota = cgroup_cpu_quota(_CGROUP_ROOT)
+    quota = cgroup_cpu_quota(_CGROUP_ROOT, _PROC_CGROUP)
     if quota is not None:
         cores = min(cores, max(1, math.floor(quota + 0.5)))
     return cores
 
 
-def cgroup_cpu_quota(root: Path) -> float | None:
-    """The CPUs' worth of time the cgroup mounted at `root` may use per period (None:
-    unlimited, or no limit can be read). cgroup v2 `cpu.max` ("max 100000" or
-    "150000 100000"), else v1 `cpu/cpu.cfs_quota_us` over `cpu/cpu.cfs_period_us`."""
+def cgroup_cpu_quota(root: Path, membership: Path | None = None) -> float | None:
+    """The CPUs' worth of time this process's cgroup may use per period, the smallest
+    limit of its cgroup and every cgroup above it (None: unlimited, or none can be read).
+
+    `root` is where the hierarchy is mounted; `membership` (`/proc/self/cgroup`) says
+    which cgroup the process is in (without it, or in a container's own namespace, the
+    root itself). cgroup v2 `cpu.max` ("max 100000" or "150000 100000"), else v1
+    `cpu/cpu.cfs_quota_us` over `cpu/cpu.cfs_period_us`.
+    """
+    v2_path, v1_path = "/", "/"
     try:
-        fields = (root / "cpu.max").read_text().split()
+        for line in (membership.read_text() if membership else "").splitlines():
+            number, controllers, path = line.split(":", 2)
+            if number == "0" and not controllers:
+                v2_path = path
+            elif "cpu" in controllers.split(","):
+                v1_path = path
+    except (OSError, ValueError):
+        pass
+    limits = [
+        *(_v2_limit(folder) for folder in _folders(root, v2_path)),
+        *(_v1_limit(folder) for folder in _folders(root / "cpu", v1_path)),
+    ]
+    found = [limit for limit in limits if limit is not None]
+    return min(found) if found else None
+
+
+def _folders(mount: Path, path: str) -> list[Path]:
+    """`mount/path` and each folder above it up to `mount`."""
+    folder = mount / path.strip("/")
+    out = [folder]
+    while folder != mount and mount in folder.parents:
+        folder = folder.parent
+        out.append(folder)
+    return out
+
+
+def _v2_limit(folder: Path) -> float | None:
+    try:
+        fields = (folder / "cpu.max").read_text().split()
         if len(fields) == 2 and fields[0] != "max":
             return int(fields[0]) / int(fields[1])
-        return None
     except (OSError, ValueError, ZeroDivisionError):
         pass
+    return None
+
+
+def _v1_limit(folder: Path) -> float | None:
     try:
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
