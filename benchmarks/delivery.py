@@ -219,7 +219,13 @@ def build_bodies(frame: pd.DataFrame, name: str, chunk_rows: int = 100_000) -> d
         groups = None
         if encoded.groups is not None:
             groups = [g for g, k in zip(encoded.groups, keep, strict=True) if k]
-        run = EventRun(ids, encoded.json.filter(pa.array(keep)), groups, carry)
+        run = EventRun(
+            ids,
+            encoded.json.filter(pa.array(keep)),
+            groups,
+            carry,
+            comma_after=encoded.comma_after,
+        )
         sendable += len(ids)
         ranges = plan_batches(len(run), size, run.groups, destination.max_groups_per_request)
         carry = None

@@ -2,7 +2,8 @@
 
 Scope: whatever events can't be sent (a null object, or an object left out, such as an
 event in the future), whatever events were carried in from the previous chunk, and
-however the batches are cut (runs of events or any positions), each batch's body is
+however the batches are cut (runs of events or any positions), and whether the encoder
+built its objects with a comma after each or bare, each batch's body is
 exactly its events' JSON objects joined by commas, in order, with their ids; a carried
 event's object comes back whole.
 """
@@ -39,9 +40,14 @@ _EVENT = st.tuples(
     carried=st.integers(0, 3),
     cuts=st.lists(st.integers(1, 7), max_size=10),
     scattered=st.lists(st.integers(0, 10**6), max_size=6),
+    comma_after=st.booleans(),
 )
 def test_each_body_is_its_events_objects_joined_by_commas(
-    events: list[tuple[str | None, bool]], carried: int, cuts: list[int], scattered: list[int]
+    events: list[tuple[str | None, bool]],
+    carried: int,
+    cuts: list[int],
+    scattered: list[int],
+    comma_after: bool,
 ) -> None:
     objects = [obj for obj, _ in events]
     keep = np.array([obj is not None and kept for obj, kept in events], dtype=bool)
@@ -53,12 +59,15 @@ def test_each_body_is_its_events_objects_joined_by_commas(
         [None] * carried,
         [None] * carried,
     )
+    # As the encoders build them (each object followed by a comma), or bare.
+    built = [None if o is None else o + ("," if comma_after else "") for o in objects]
     run = EventRun(
         [ids[i] for i in np.flatnonzero(keep)],
-        pa.array(objects, type=jc.TEXT),
+        pa.array(built, type=jc.TEXT),
         None,
         carry,
         keep=keep,
+        comma_after=comma_after,
     )
     # What each position of the run holds: the carried events, then the kept ones.
     expected = list(zip(carry.event_ids, carry.pieces, strict=True)) + [

@@ -92,13 +92,16 @@ class EncodedEvents:
     """An hour's events in the platform's JSON, checked one by one before batching.
 
     `json[i]` is event i's JSON object, or null when `problems[i]` says why the event can't
-    be sent. `groups[i]`, when given, is a key that limits which events share a request
-    (Google: the conversion action, at most `max_groups_per_request` a request).
+    be sent; with `comma_after`, each object is followed by a comma (`build(after=",")`),
+    so delivery cuts a batch of neighbouring events from the buffer as it is. `groups[i]`,
+    when given, is a key that limits which events share a request (Google: the
+    conversion action, at most `max_groups_per_request` a request).
     """
 
     json: pa.Array
     problems: list[str | None]
     groups: list[str] | None = None
+    comma_after: bool = False
 
 
 @dataclass(frozen=True)

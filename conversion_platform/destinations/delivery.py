@@ -229,6 +229,7 @@ class EventRun:
         keep: np.ndarray | None = None,
         names: list[str | None] | None = None,
         quality: list[float | None] | None = None,
+        comma_after: bool = False,
     ) -> None:
         carried = carried or Carry([], [], [] if groups is not None else None)
         n = len(event_ids)
@@ -245,9 +246,11 @@ class EventRun:
             json = json.combine_chunks()
         if json.type != jc.TEXT:
             json = json.cast(jc.TEXT)
-        # Each event's object with a comma after it, back to back (one copy, in Arrow):
-        # a batch of events side by side in the buffer is then one slice of it.
-        json = jc.concat(json, jc.lit(","))
+        # Each event's object with a comma after it, back to back: a batch of events side
+        # by side in the buffer is then one slice of it. The encoders build them so
+        # (`comma_after`); anything else is copied once with the commas added.
+        if not comma_after:
+            json = jc.concat(json, jc.lit(","))
         offsets = jc.value_offsets(json)
         starts, ends = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
         if keep is not None:
@@ -593,6 +596,7 @@ class HourDeliverer:
             keep=None if not invalid.any() else keep,
             names=names[keep].tolist(),
             quality=quality,
+            comma_after=encoded.comma_after,
         )
         report.sent += len(kept_ids)
         return run

@@ -210,7 +210,7 @@ class GoogleAdsDataManager(Destination):
             n, [(~jc.is_present(actions), "no conversion action configured for this event")]
         )
         groups = actions.fill_null(jc.EMPTY).to_pylist()
-        return EncodedEvents(event.build(), problems, groups)
+        return EncodedEvents(event.build(after=","), problems, groups, comma_after=True)
 
     def build_request(
         self,

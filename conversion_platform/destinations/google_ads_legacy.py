@@ -164,7 +164,7 @@ class GoogleAdsClickConversions(Destination):
                 ),
             ],
         )
-        return EncodedEvents(conversion.build(), problems)
+        return EncodedEvents(conversion.build(after=","), problems, comma_after=True)
 
     def build_request(
         self,

@@ -319,9 +319,10 @@ class JsonObject:
                     out.append(Choice(member.valid.astype(np.int8), ("", member.closing)))
         return out
 
-    def build(self) -> pa.Array:
-        """`{...}` for every event (`{}` where no member is present)."""
-        pieces = [Choice(None, ("{",)), *self.pieces(), Choice(None, ("}",))]
+    def build(self, after: str = "") -> pa.Array:
+        """`{...}` for every event (`{}` where no member is present), followed by `after`
+        (a comma: an event's object as delivery joins it, at no extra cost)."""
+        pieces = [Choice(None, ("{",)), *self.pieces(), Choice(None, ("}" + after,))]
         return join_pieces(merge_choices(pieces), self.n)
 
     def build_or_null(self) -> pa.Array:

@@ -168,7 +168,7 @@ class MetaConversionsApi(Destination):
                 (~user.present, "no customer information parameters"),
             ],
         )
-        return EncodedEvents(event.build(), problems)
+        return EncodedEvents(event.build(after=","), problems, comma_after=True)
 
     def build_request(
         self,

@@ -176,7 +176,7 @@ class SnapchatConversionsApi(Destination):
                 ),
             ],
         )
-        return EncodedEvents(event.build(), problems)
+        return EncodedEvents(event.build(after=","), problems, comma_after=True)
 
     def build_request(
         self,

@@ -140,7 +140,7 @@ class TikTokEventsApi(Destination):
         problems = first_problem(
             n, [(~jc.is_present(names), "no TikTok event name for this event")]
         )
-        return EncodedEvents(event.build(), problems)
+        return EncodedEvents(event.build(after=","), problems, comma_after=True)
 
     def build_request(
         self,
