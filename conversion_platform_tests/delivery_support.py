@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import numpy as np
 import orjson
 import pandas as pd
@@ -23,12 +24,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conversion_platform import events
+from conversion_platform.defs.delivery_assets import build_delivery_asset
+from conversion_platform.defs.partitions import hourly_partitions, single_run
+from conversion_platform.defs.resources import resources_from_settings
 from conversion_platform.destinations.config import DestinationConfig
 from conversion_platform.destinations.delivery import HourDeliverer, HourDelivery
 from conversion_platform.destinations.http_client import new_session
 from conversion_platform.destinations.registry import destination_for
 from conversion_platform.emulator.server import running_emulator
 from conversion_platform.ingest.records import coerce_record, records_to_frame
+from conversion_platform.settings import Settings
 from conversion_platform.store.tables import delivery_batches, delivery_events
 
 TOKEN_VARIABLE = "TEST_DESTINATION_ACCESS_TOKEN"
@@ -237,3 +242,35 @@ def batches(engine: Engine, destination: str) -> list[dict[str, Any]]:
     for row in rows:
         row["event_ids"] = orjson.loads(row["event_ids"])
     return rows
+
+
+#: The partition key of `HOUR`.
+KEY = HOUR.strftime("%Y-%m-%d-%H:%M")
+
+
+@dg.asset(name="resolved_conversions", partitions_def=hourly_partitions, backfill_policy=single_run)
+def resolved_conversions() -> pd.DataFrame:
+    """Stands in for the identity stage: its partition is written to the IO manager's file."""
+    raise AssertionError("not materialised in these tests")
+
+
+def write_resolved_hour(settings: Settings, frame: pd.DataFrame) -> None:
+    """`HOUR` of the resolved conversions where the IO manager reads it."""
+    path = settings.partitions_dir / "resolved_conversions" / f"{KEY}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+def materialize_delivery(
+    settings: Settings, config: DestinationConfig, instance: dg.DagsterInstance
+) -> dg.ExecuteInProcessResult:
+    """The `delivery/<name>` asset of `config`, for `HOUR`, in a real run on `instance`."""
+    asset = build_delivery_asset(config)
+    return dg.materialize(
+        [resolved_conversions, asset],
+        selection=[asset.key],
+        partition_key=KEY,
+        resources=resources_from_settings(settings),
+        instance=instance,
+        raise_on_error=False,
+    )

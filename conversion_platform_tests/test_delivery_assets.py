@@ -11,55 +11,23 @@ and dead-lettered, not raised.
 from __future__ import annotations
 
 import dagster as dg
-import pandas as pd
 from sqlalchemy.engine import Engine
 
-from conversion_platform.defs.delivery_assets import build_delivery_asset
-from conversion_platform.defs.partitions import hourly_partitions, single_run
-from conversion_platform.defs.resources import resources_from_settings
-from conversion_platform.destinations.config import DestinationConfig
 from conversion_platform.operations.dead_letters import dead_letter_summary
 from conversion_platform.settings import Settings
 from conversion_platform_tests.delivery_support import (
-    HOUR,
     EmulatorControl,
     destination_config,
     frame_of,
     many,
+    materialize_delivery,
     outcomes,
     record,
+    write_resolved_hour,
 )
 
 #: The emulator, its control client and the credential fixture.
 pytest_plugins = ("conversion_platform_tests.delivery_support",)
-
-KEY = HOUR.strftime("%Y-%m-%d-%H:%M")
-
-
-@dg.asset(name="resolved_conversions", partitions_def=hourly_partitions, backfill_policy=single_run)
-def resolved_conversions() -> pd.DataFrame:
-    """Stands in for the identity stage: its partition is written to the IO manager's file."""
-    raise AssertionError("not materialised in these tests")
-
-
-def _write_hour(settings: Settings, frame: pd.DataFrame) -> None:
-    path = settings.partitions_dir / "resolved_conversions" / f"{KEY}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
-
-
-def _materialize(
-    settings: Settings, config: DestinationConfig, instance: dg.DagsterInstance
-) -> dg.ExecuteInProcessResult:
-    asset = build_delivery_asset(config)
-    return dg.materialize(
-        [resolved_conversions, asset],
-        selection=[asset.key],
-        partition_key=KEY,
-        resources=resources_from_settings(settings),
-        instance=instance,
-        raise_on_error=False,
-    )
 
 
 def _metadata(instance: dg.DagsterInstance, name: str) -> dict[str, object]:
@@ -71,10 +39,12 @@ def _metadata(instance: dg.DagsterInstance, name: str) -> dict[str, object]:
 def test_google_delivery_asset_delivers_and_polls_status_in_one_run(
     emulator: EmulatorControl, engine: Engine, settings: Settings, token: str
 ) -> None:
-    _write_hour(settings, frame_of([*many(3, "g"), record("g-old", event_name="page_view")]))
+    write_resolved_hour(
+        settings, frame_of([*many(3, "g"), record("g-old", event_name="page_view")])
+    )
     config = destination_config("google_ads", emulator.url)
     with dg.instance_for_test() as instance:
-        result = _materialize(settings, config, instance)
+        result = materialize_delivery(settings, config, instance)
         assert result.success
         metadata = _metadata(instance, "google_ads")
     assert metadata["mode"] == "live" and metadata["platform"] == "google_ads"
@@ -89,16 +59,16 @@ def test_google_delivery_asset_delivers_and_polls_status_in_one_run(
 def test_undelivered_batches_fail_the_run_and_a_rerun_sends_only_the_rest(
     emulator: EmulatorControl, engine: Engine, settings: Settings, token: str
 ) -> None:
-    _write_hour(settings, frame_of(many(4, "m")))
+    write_resolved_hour(settings, frame_of(many(4, "m")))
     config = destination_config("meta_capi", emulator.url, batch_size=2)
     emulator.script("meta", responses=[{}, {"status": 503}, {"status": 503}, {"status": 503}])
     with dg.instance_for_test() as instance:
-        failed = _materialize(settings, config, instance)
+        failed = materialize_delivery(settings, config, instance)
         assert not failed.success
         log = outcomes(engine, "meta_capi")
         assert sorted(s for s, _ in log.values()) == ["delivered"] * 2 + ["retryable"] * 2
 
-        rerun = _materialize(settings, config, instance)
+        rerun = materialize_delivery(settings, config, instance)
         assert rerun.success
         metadata = _metadata(instance, "meta_capi")
     assert metadata["already_delivered"] == 2 and metadata["sent"] == 2
@@ -109,11 +79,11 @@ def test_undelivered_batches_fail_the_run_and_a_rerun_sends_only_the_rest(
 def test_a_permanent_rejection_is_reported_not_raised(
     emulator: EmulatorControl, engine: Engine, settings: Settings, token: str
 ) -> None:
-    _write_hour(settings, frame_of(many(3, "p")))
+    write_resolved_hour(settings, frame_of(many(3, "p")))
     config = destination_config("snapchat", emulator.url)
     emulator.script("snapchat", fail_event_ids=["p-0001"], fail_reason="bad click id")
     with dg.instance_for_test() as instance:
-        assert _materialize(settings, config, instance).success
+        assert materialize_delivery(settings, config, instance).success
         metadata = _metadata(instance, "snapchat")
     assert metadata["delivered"] == 2 and metadata["rejected"] == 1
     assert "bad click id" in str(metadata["rejected_by_reason"])

@@ -22,8 +22,6 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from conversion_platform.defs import delivery_assets
-from conversion_platform.defs.partitions import hourly_partitions, single_run
-from conversion_platform.defs.resources import resources_from_settings
 from conversion_platform.destinations.base import Destination, EncodedEvents
 from conversion_platform.destinations.config import DestinationConfig
 from conversion_platform.destinations.delivery import HourDeliverer, columns_delivered
@@ -33,10 +31,13 @@ from conversion_platform.settings import Settings
 from conversion_platform.store.database import create_database_engine
 from conversion_platform_tests.delivery_support import (
     HOUR,
+    KEY,
     destination_config,
     frame_of,
     many,
+    materialize_delivery,
     outcomes,
+    write_resolved_hour,
 )
 
 #: (configured destination, platform settings): the four platforms and Google's legacy API
@@ -140,12 +141,7 @@ def test_events_taken_with_the_declared_columns_encode_as_with_every_column(
 def test_a_column_read_but_not_declared_is_an_error_not_nulls(
     engine: Engine, tmp_path: Path
 ) -> None:
-    meta = destination_for("meta_capi")
-    undeclared = type(
-        "MetaWithoutUserAgent",
-        (type(meta),),
-        {"columns_read": (meta.columns_read or frozenset()) - {"user_agent"}},
-    )()
+    undeclared = meta_without_user_agent()
     config = destination_config("meta_capi", None, mode="dry_run")
     with pytest.raises(KeyError, match=r"'user_agent' was left out .* columns_read"):
         deliver_dry_run(engine, undeclared, config, full_hour(), tmp_path / "outbox")
@@ -163,31 +159,19 @@ def test_a_column_the_hour_does_not_have_still_reads_as_nulls(
     assert b'"fbp":' not in body and b'"st":' not in body
 
 
-KEY = HOUR.strftime("%Y-%m-%d-%H:%M")
-
-
-@dg.asset(name="resolved_conversions", partitions_def=hourly_partitions, backfill_policy=single_run)
-def resolved_conversions() -> pd.DataFrame:
-    """Stands in for the identity stage: its partition is written to the IO manager's file."""
-    raise AssertionError("not materialised in these tests")
-
-
-def materialize_delivery(
+def materialize_with(
     settings: Settings, config: DestinationConfig, frame: pd.DataFrame
 ) -> dg.ExecuteInProcessResult:
-    path = settings.partitions_dir / "resolved_conversions" / f"{KEY}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
-    asset = delivery_assets.build_delivery_asset(config)
+    write_resolved_hour(settings, frame)
     with dg.instance_for_test() as instance:
-        return dg.materialize(
-            [resolved_conversions, asset],
-            selection=[asset.key],
-            partition_key=KEY,
-            resources=resources_from_settings(settings),
-            instance=instance,
-            raise_on_error=False,
-        )
+        return materialize_delivery(settings, config, instance)
+
+
+def meta_without_user_agent() -> Destination:
+    """Meta's destination with `user_agent` missing from the columns it declares."""
+    meta = destination_for("meta_capi")
+    declared = (meta.columns_read or frozenset()) - {"user_agent"}
+    return type("MetaWithoutUserAgent", (type(meta),), {"columns_read": declared})()
 
 
 @pytest.mark.parametrize(("name", "settings"), DESTINATIONS)
@@ -203,7 +187,7 @@ def test_a_delivery_step_reads_only_its_columns_and_writes_the_whole_hours_bodie
     config = destination_config(name, None, mode="dry_run", settings=settings, batch_size=5)
     in_run = recording(destination_for(name, settings), every_column=False)
     monkeypatch.setattr(delivery_assets, "destination_for", lambda *args: in_run)
-    assert materialize_delivery(home, config, frame).success
+    assert materialize_with(home, config, frame).success
     written = (home.outbox_dir / name / f"{KEY}.jsonl").read_bytes()
 
     engine = create_database_engine(f"sqlite:///{tmp_path / 'whole.db'}")
@@ -218,15 +202,10 @@ def test_a_delivery_step_reads_only_its_columns_and_writes_the_whole_hours_bodie
 def test_a_column_left_out_of_a_delivery_steps_input_is_an_error_in_the_run(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    meta = destination_for("meta_capi")
-    undeclared = type(
-        "MetaWithoutUserAgent",
-        (type(meta),),
-        {"columns_read": (meta.columns_read or frozenset()) - {"user_agent"}},
-    )()
+    undeclared = meta_without_user_agent()
     monkeypatch.setattr(delivery_assets, "destination_for", lambda *args: undeclared)
     config = destination_config("meta_capi", None, mode="dry_run")
-    result = materialize_delivery(settings, config, full_hour())
+    result = materialize_with(settings, config, full_hour())
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert failure is not None
