@@ -37,7 +37,7 @@ def _fill_disk_for(path: Path) -> None:
     path.with_suffix(".jsonl.tmp").symlink_to(FULL_DISK)
 
 
-def test_every_body_lands_in_order_and_the_old_file_stays_until_close(tmp_path: Path) -> None:
+def test_every_body_lands_in_order_and_the_old_file_stays_until_published(tmp_path: Path) -> None:
     path = outbox_path(tmp_path, "meta_capi", KEY)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"old\n")
@@ -46,7 +46,9 @@ def test_every_body_lands_in_order_and_the_old_file_stays_until_close(tmp_path: 
     for body in bodies:
         writer.write(body)
     assert path.read_bytes() == b"old\n"  # a reader never sees half an hour
-    assert writer.close() == path
+    writer.finish()
+    assert path.read_bytes() == b"old\n"
+    assert writer.publish() == path
     assert path.read_bytes().splitlines() == bodies
     assert not path.with_suffix(".jsonl.tmp").exists()
 
@@ -60,7 +62,7 @@ def test_a_failed_write_is_raised_and_keeps_the_old_file(tmp_path: Path) -> None
     with pytest.raises(OSError, match="No space left on device"):
         for _ in range(100):
             writer.write(b"x" * 100_000)
-        writer.close()
+        writer.finish()
     writer.discard()
     assert path.read_bytes() == b"old\n"
     assert not path.with_suffix(".jsonl.tmp").exists()

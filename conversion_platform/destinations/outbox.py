@@ -14,7 +14,7 @@ def outbox_path(outbox_dir: Path, destination: str, partition_key: str) -> Path:
 
 
 class OutboxWriter:
-    """Writes an hour's bodies as they are built; the file replaces the old one on close.
+    """Writes an hour's bodies as they are built; the file replaces the old one when published.
 
     A re-run rewrites the hour's file, never appends, and a reader never sees half of it.
     With a delivery log that records the hour: `finish` before the log commits (every
@@ -43,27 +43,8 @@ class OutboxWriter:
         os.replace(self._temporary, self.path)
         return self.path
 
-    def close(self) -> Path:
-        """`finish` and `publish` (no log to wait for); an unfinished file is discarded."""
-        try:
-            self.finish()
-        except BaseException:
-            self.discard()
-            raise
-        return self.publish()
-
     def discard(self) -> None:
         """Remove the unfinished file (the hour's old file stays)."""
         with contextlib.suppress(OSError):  # the failure that made the hour discard it
             self._handle.close()
         self._temporary.unlink(missing_ok=True)
-
-
-def write_outbox(
-    outbox_dir: Path, destination: str, partition_key: str, bodies: list[bytes]
-) -> Path:
-    """Replace the hour's outbox file atomically with `bodies`."""
-    writer = OutboxWriter(outbox_dir, destination, partition_key)
-    for body in bodies:
-        writer.write(body)
-    return writer.close()

@@ -409,6 +409,12 @@ def normalise_location_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _phone_regions(countries: pd.Series) -> pd.Series:
+    """A phone number's default region from its row's normalised country: the upper-case
+    two-letter code, None for anything else."""
+    return _as_text(countries).str.upper().where(lambda s: s.str.len() == 2, None)
+
+
 def phone_hash_arguments(
     phones: pd.Series, countries: pd.Series | None
 ) -> list[tuple[str, str | None]]:
@@ -423,9 +429,8 @@ def phone_hash_arguments(
         regions = np.full(len(numbers), None, dtype=object)
     else:
         codes, uniques = pd.factorize(_as_text(countries[present]).to_numpy(dtype=object))
-        distinct = [normalise_country(c) for c in uniques]
-        region_of = [c.upper() if c is not None and len(c) == 2 else None for c in distinct]
-        regions = np.array([*region_of, None], dtype=object)[codes]
+        distinct = pd.Series([normalise_country(c) for c in uniques], dtype=object)
+        regions = np.append(_phone_regions(distinct).to_numpy(dtype=object), None)[codes]
     return list(dict.fromkeys(zip(numbers.tolist(), regions.tolist(), strict=True)))
 
 
@@ -447,7 +452,7 @@ def hash_identity_columns(
     dropped: Counter[str] = Counter()
     index = frame.index
     region = (
-        _as_text(frame["country"]).str.upper().where(lambda s: s.str.len() == 2, None)
+        _phone_regions(frame["country"])
         if "country" in frame.columns
         else pd.Series(None, index=index, dtype="object")
     )
