@@ -22,8 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/conversion-platform demo
 
+# Test processes (pytest-xdist): two, one per core of the 2-core machines this project
+# targets. `make test TEST_WORKERS=auto` uses every core; `TEST_WORKERS=0` runs the suite
+# in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 ui: $(STAMP)
 	@mkdir -p "$(DAGSTER_HOME)" && cp -n dagster.yaml "$(DAGSTER_HOME)/dagster.yaml" 2>/dev/null || true
