@@ -100,8 +100,41 @@ def _only_text(values: np.ndarray, slow: np.ndarray) -> np.ndarray:
     return values
 
 
+#: Every character Python's `str.strip()` removes (`str.isspace`), as an RE2 class: Arrow's
+#: own trimming knows a different set (not U+001C-U+001F, for one).
+_PYTHON_SPACE = (
+    r"[\t\n\x0b\x0c\r\x1c-\x1f \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
+    r"\x{202f}\x{205f}\x{3000}]"
+)
+#: Text that `str.strip()` would change, or that is empty (so None).
+_NEEDS_CLEANING = rf"^$|^{_PYTHON_SPACE}|{_PYTHON_SPACE}$"
+
+
 def _text_column(values: np.ndarray, slow: np.ndarray) -> np.ndarray:
-    """Trimmed text with empty strings as None; rows with non-text values are marked slow."""
+    """Trimmed text with empty strings as None; rows with non-text values are marked slow.
+
+    One Arrow pass reads a column of text and None (anything else makes Arrow refuse
+    it) and finds the few values to trim, blank or refuse for their length; only those
+    are handled in Python. A column holding anything but text takes the slower path."""
+    array = _arrow_text(values)
+    if array is None:
+        return _text_column_in_python(values, slow)
+    out = values.copy()  # the caller's array stays as it was
+    unclean = pc.fill_null(pc.match_substring_regex(array, _NEEDS_CLEANING), False)
+    for i in np.flatnonzero(unclean.to_numpy(zero_copy_only=False)).tolist():
+        out[i] = out[i].strip() or None
+    longest = pc.max(pc.binary_length(array)).as_py()
+    if longest is not None and longest > MAX_FIELD_LENGTH:
+        # A value's UTF-8 bytes bound its characters: only those over the limit are counted.
+        over = pc.fill_null(pc.greater(pc.binary_length(array), MAX_FIELD_LENGTH), False)
+        for i in np.flatnonzero(over.to_numpy(zero_copy_only=False)).tolist():
+            if out[i] is not None and len(out[i]) > MAX_FIELD_LENGTH:
+                slow[i] = True
+    return out
+
+
+def _text_column_in_python(values: np.ndarray, slow: np.ndarray) -> np.ndarray:
+    """`_text_column` value by value: for columns that hold more than text and None."""
     values = _only_text(values, slow)
     cleaned = [None if v is None else (v.strip() or None) for v in values.tolist()]
     out = np.array(cleaned, dtype=object)  # text and None only: nothing to descend into
@@ -118,22 +151,58 @@ def _mapped_column(
     values: np.ndarray, slow: np.ndarray, convert: Callable[[Any], Any]
 ) -> np.ndarray:
     """`convert` applied once per distinct text; what it refuses, and non-text, marks slow."""
+    array = _arrow_text(values)
+    if array is not None:
+        # Arrow finds the distinct values; each row then takes its converted value.
+        encoded = array.dictionary_encode()
+        distinct = encoded.dictionary.to_pylist()
+        converted = np.array([*map(_converting(convert), distinct), None], dtype=object)
+        out = converted[pc.fill_null(encoded.indices, len(distinct)).to_numpy()]
+        refused = any(v is _SLOW for v in converted.tolist())
+    else:
+        out, refused = _mapped_in_python(values, slow, convert)
+    if refused:
+        is_slow = np.fromiter((v is _SLOW for v in out.tolist()), dtype=bool, count=len(out))
+        slow |= is_slow
+        out[is_slow] = None
+    return out
+
+
+def _arrow_text(values: np.ndarray) -> pa.Array | None:
+    """The values as Arrow text when they are all str or None (else None)."""
+    if not len(values):
+        return None
+    try:
+        # Arrow infers the type (a NaN, a number or bytes make it refuse, or infer another).
+        array = pa.array(values)
+    except (pa.ArrowException, UnicodeEncodeError):
+        return None
+    return array if pa.types.is_string(array.type) else None
+
+
+def _converting(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def converted(value: Any) -> Any:
+        try:
+            return convert(value)
+        except (RecordError, TypeError, ValueError, AttributeError):
+            return _SLOW
+
+    return converted
+
+
+def _mapped_in_python(
+    values: np.ndarray, slow: np.ndarray, convert: Callable[[Any], Any]
+) -> tuple[np.ndarray, bool]:
+    """`_mapped_column`'s values and whether any was refused, for columns of more than text."""
     values = _only_text(values, slow)
     missing = _missing(values)
     keys = pd.Series(values, dtype=object)
     mapping: dict[Any, Any] = {}
     for value in keys[~missing].unique():
-        try:
-            mapping[value] = convert(value)
-        except (RecordError, TypeError, ValueError, AttributeError):
-            mapping[value] = _SLOW
+        mapping[value] = _converting(convert)(value)
     out = keys.map(mapping).to_numpy(dtype=object)
     out[missing] = None
-    if any(v is _SLOW for v in mapping.values()):
-        is_slow = np.fromiter((v is _SLOW for v in out.tolist()), dtype=bool, count=len(out))
-        slow |= is_slow
-        out[is_slow] = None
-    return out
+    return out, any(v is _SLOW for v in mapping.values())
 
 
 _SLOW = object()
