@@ -62,7 +62,8 @@ _CONSENT_WORDS = {
 class CoercedColumns:
     """The records that coerced, in input order, and the reasons the others were refused."""
 
-    #: `RECORD_FIELDS` columns (object; times as `datetime64[ns, UTC]`), one row per kept record
+    #: `RECORD_FIELDS` columns (object or, for text Arrow read, the model's string dtype;
+    #: times as `datetime64[ns, UTC]`), one row per kept record
     frame: pd.DataFrame
     #: input position of each row of `frame`
     positions: np.ndarray
@@ -110,19 +111,23 @@ _PYTHON_SPACE = (
 _NEEDS_CLEANING = rf"^$|^{_PYTHON_SPACE}|{_PYTHON_SPACE}$"
 
 
-def _text_column(values: np.ndarray, slow: np.ndarray) -> np.ndarray:
+def _text_column(values: np.ndarray, slow: np.ndarray) -> tuple[np.ndarray, pa.Array | None]:
     """Trimmed text with empty strings as None; rows with non-text values are marked slow.
 
     One Arrow pass reads a column of text and None (anything else makes Arrow refuse
     it) and finds the few values to trim, blank or refuse for their length; only those
-    are handled in Python. A column holding anything but text takes the slower path."""
+    are handled in Python. A column holding anything but text takes the slower path.
+    Returns the values, and the same values as Arrow text when Arrow read the column."""
     array = _arrow_text(values)
     if array is None:
-        return _text_column_in_python(values, slow)
+        return _text_column_in_python(values, slow), None
     out = values.copy()  # the caller's array stays as it was
     unclean = pc.fill_null(pc.match_substring_regex(array, _NEEDS_CLEANING), False)
-    for i in np.flatnonzero(unclean.to_numpy(zero_copy_only=False)).tolist():
-        out[i] = out[i].strip() or None
+    edits = np.flatnonzero(unclean.to_numpy(zero_copy_only=False))
+    if len(edits):
+        for i in edits.tolist():
+            out[i] = out[i].strip() or None
+        array = pc.replace_with_mask(array, unclean, pa.array(out[edits], type=pa.string()))
     longest = pc.max(pc.binary_length(array)).as_py()
     if longest is not None and longest > MAX_FIELD_LENGTH:
         # A value's UTF-8 bytes bound its characters: only those over the limit are counted.
@@ -130,7 +135,7 @@ def _text_column(values: np.ndarray, slow: np.ndarray) -> np.ndarray:
         for i in np.flatnonzero(over.to_numpy(zero_copy_only=False)).tolist():
             if out[i] is not None and len(out[i]) > MAX_FIELD_LENGTH:
                 slow[i] = True
-    return out
+    return out, array
 
 
 def _text_column_in_python(values: np.ndarray, slow: np.ndarray) -> np.ndarray:
@@ -206,6 +211,9 @@ def _mapped_in_python(
 
 
 _SLOW = object()
+#: Text columns `coerce_columns` changes in place after reading them (click ids found in
+#: the landing URL; URLs scrubbed), so their Arrow reading is not the final value.
+_CHANGED_AFTER_READING = frozenset({"page_url", "referrer", *events.CLICK_ID_COLUMNS})
 
 
 def _event_name(value: Any) -> Any:
@@ -345,11 +353,22 @@ def coerce_columns(
         return array
 
     out: dict[str, Any] = {}
+    # Text columns Arrow read, by name: (the values as `out` holds them, the Arrow array).
+    as_arrow: dict[str, tuple[np.ndarray, pa.Array]] = {}
+
+    def text_column(name: str) -> np.ndarray:
+        values = column(name)
+        if values is None:
+            return none
+        cleaned, array = _text_column(values, slow)
+        if array is not None and name not in _CHANGED_AFTER_READING:
+            as_arrow[name] = (cleaned, array)
+        return cleaned
+
     for name in _TEXT_FIELDS:
         if name == "event_name":
             continue
-        values = column(name)
-        out[name] = none if values is None else _text_column(values, slow)
+        out[name] = text_column(name)
     names = column("event_name")
     if names is None:
         slow[:] = True  # no event names at all: `coerce_record` says so for each
@@ -392,8 +411,7 @@ def coerce_columns(
         else _mapped_column(np.where(pd.isna(action), "website", action), slow, str.lower)
     )
     for name in events.HASHED_IDENTITY_COLUMNS:
-        values = column(name)
-        out[name] = none if values is None else _text_column(values, slow)
+        out[name] = text_column(name)
     _read_page_urls(out, none)
     slow |= pd.isna(out["event_id"])  # a generated id needs the whole record
 
@@ -433,8 +451,15 @@ def coerce_columns(
                 target[position] = value
     positions = np.flatnonzero(keep)
     every = len(positions) == count
+    filled = np.flatnonzero(keep & slow)  # rows `coerce_record` filled in
     columns: dict[str, Any] = {}
     for name in RECORD_FIELDS:
+        held = as_arrow.get(name)
+        if held is not None and held[0] is out[name]:  # not replaced since it was read
+            text = _kept_text(held[1], out[name], filled, None if every else positions)
+            if text is not None:
+                columns[name] = text
+                continue
         values = out[name] if every else out[name][positions]
         if name in events.TIMESTAMP_COLUMNS:
             values = pd.DatetimeIndex(values.view("datetime64[ns]")).tz_localize("UTC")
@@ -442,6 +467,25 @@ def coerce_columns(
             values = values.astype(np.float64)
         columns[name] = values
     return CoercedColumns(column_frame(columns), positions, failures)
+
+
+def _kept_text(
+    array: pa.Array, values: np.ndarray, filled: np.ndarray, positions: np.ndarray | None
+) -> pd.api.extensions.ExtensionArray | None:
+    """The kept rows of a text column Arrow read, as the model's string array: the rows
+    `coerce_record` filled in (`filled`) are taken from `values`. Saves converting the
+    column from Python objects again (as `stored_frame` would)."""
+    try:
+        if len(filled):
+            mask = np.zeros(len(values), dtype=bool)
+            mask[filled] = True
+            replacements = pa.array(values[filled], type=pa.string())
+            array = pc.replace_with_mask(array, pa.array(mask), replacements)
+    except (pa.ArrowException, UnicodeEncodeError):
+        return None
+    if positions is not None:
+        array = array.take(pa.array(positions))
+    return pd.arrays.ArrowStringArray(array.cast(pa.large_string()))
 
 
 def column_frame(columns: Mapping[str, Any]) -> pd.DataFrame:
