@@ -348,9 +348,7 @@ def coerce_columns(
         if values is None:
             return None
         array = _object_array(values, count)
-        if pd.api.types.infer_dtype(array, skipna=True) == "empty" and _missing(array).all():
-            return None
-        return array
+        return None if _missing(array).all() else array  # None only: as if absent
 
     out: dict[str, Any] = {}
     # Text columns Arrow read, by name: (the values as `out` holds them, the Arrow array).

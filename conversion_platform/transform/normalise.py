@@ -321,12 +321,23 @@ _HASHERS: dict[str, tuple[Callable[..., tuple[str | None, ...]], tuple[str, ...]
 
 
 def _as_text(series: pd.Series) -> pd.Series:
-    """Strings for present values, None for missing ones (numbers become their text)."""
+    """Strings for present values, None for missing ones (numbers become their text).
+
+    A column in the model's string dtype is text already and is returned as it is (its
+    missing values are NA): converting it to Python objects cost more than the hashing."""
+    if isinstance(series.dtype, pd.StringDtype):
+        return series
     values = series.astype("object")
     present = values.notna()
     if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
         values = values.map(lambda v: v if isinstance(v, str) else str(v), na_action="ignore")
     return values.where(present, None)
+
+
+def _distinct_ready(values: pd.Series) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """What `pd.factorize` reads fastest: an Arrow-backed column as itself (Arrow finds
+    its distinct values), any other as its numpy array."""
+    return values.array if isinstance(values.dtype, pd.StringDtype) else values.to_numpy()
 
 
 def _map_distinct(
@@ -347,7 +358,8 @@ def _map_distinct(
     if not present.any():
         return [np.full(n, None, dtype=object) for _ in range(width)], Counter()
     if region is not None:
-        value_codes, value_uniques = pd.factorize(values[present].to_numpy())
+        value_codes, value_uniques = pd.factorize(_distinct_ready(values[present]))
+        value_uniques = np.asarray(value_uniques, dtype=object)
         region_codes, region_uniques = pd.factorize(region[present].to_numpy())
         # one code per (value, region) pair; a missing region has code -1
         pair_codes = value_codes.astype(np.int64) * (len(region_uniques) + 1) + (region_codes + 1)
@@ -364,7 +376,7 @@ def _map_distinct(
         # `missing` keeps the order of `items`: its results are taken in turn.
         results = [known[a] if a in known else next(computed) for a in items]
     else:
-        codes, uniques = pd.factorize(values[present].to_numpy())
+        codes, uniques = pd.factorize(_distinct_ready(values[present]))
         results = [fn(v) for v in uniques]
     outputs: list[np.ndarray] = []
     for position in range(width):
