@@ -111,16 +111,19 @@ _PYTHON_SPACE = (
 _NEEDS_CLEANING = rf"^$|^{_PYTHON_SPACE}|{_PYTHON_SPACE}$"
 
 
-def _text_column(values: np.ndarray, slow: np.ndarray) -> tuple[np.ndarray, pa.Array | None]:
+def _text_column(values: np.ndarray, slow: np.ndarray) -> tuple[np.ndarray | None, pa.Array | None]:
     """Trimmed text with empty strings as None; rows with non-text values are marked slow.
 
     One Arrow pass reads a column of text and None (anything else makes Arrow refuse
     it) and finds the few values to trim, blank or refuse for their length; only those
     are handled in Python. A column holding anything but text takes the slower path.
-    Returns the values, and the same values as Arrow text when Arrow read the column."""
-    array = _arrow_text(values)
+    Returns the values, and the same values as Arrow text when Arrow read the column;
+    (None, None) for a column of None only."""
+    array = _arrow_read(values)
     if array is None:
         return _text_column_in_python(values, slow), None
+    if pa.types.is_null(array.type):
+        return None, None
     out = values.copy()  # the caller's array stays as it was
     unclean = pc.fill_null(pc.match_substring_regex(array, _NEEDS_CLEANING), False)
     edits = np.flatnonzero(unclean.to_numpy(zero_copy_only=False))
@@ -174,7 +177,14 @@ def _mapped_column(
 
 
 def _arrow_text(values: np.ndarray) -> pa.Array | None:
-    """The values as Arrow text when they are all str or None (else None)."""
+    """The values as Arrow text when they are all str or None, not all None (else None)."""
+    array = _arrow_read(values)
+    return array if array is not None and pa.types.is_string(array.type) else None
+
+
+def _arrow_read(values: np.ndarray) -> pa.Array | None:
+    """The values as Arrow text, or as a null array when all are None; None when they
+    hold anything else (or nothing)."""
     if not len(values):
         return None
     try:
@@ -182,7 +192,7 @@ def _arrow_text(values: np.ndarray) -> pa.Array | None:
         array = pa.array(values)
     except (pa.ArrowException, UnicodeEncodeError):
         return None
-    return array if pa.types.is_string(array.type) else None
+    return array if pa.types.is_string(array.type) or pa.types.is_null(array.type) else None
 
 
 def _converting(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -355,10 +365,13 @@ def coerce_columns(
     as_arrow: dict[str, tuple[np.ndarray, pa.Array]] = {}
 
     def text_column(name: str) -> np.ndarray:
-        values = column(name)
-        if values is None:
+        values = columns.get(name)
+        if values is None or not count:
             return none
-        cleaned, array = _text_column(values, slow)
+        # Arrow tells a column of None only (a null array): no separate pass for it.
+        cleaned, array = _text_column(_object_array(values, count), slow)
+        if cleaned is None:
+            return none
         if array is not None and name not in _CHANGED_AFTER_READING:
             as_arrow[name] = (cleaned, array)
         return cleaned
