@@ -192,6 +192,8 @@ def _arrow_read(values: np.ndarray) -> pa.Array | None:
         array = pa.array(values)
     except (pa.ArrowException, UnicodeEncodeError):
         return None
+    if isinstance(array, pa.ChunkedArray):
+        return None  # over 2 GiB of text in one column: the value-by-value path takes it
     return array if pa.types.is_string(array.type) or pa.types.is_null(array.type) else None
 
 
