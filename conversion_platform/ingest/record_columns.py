@@ -214,9 +214,8 @@ def _mapped_in_python(
     values = _only_text(values, slow)
     missing = _missing(values)
     keys = pd.Series(values, dtype=object)
-    mapping: dict[Any, Any] = {}
-    for value in keys[~missing].unique():
-        mapping[value] = _converting(convert)(value)
+    converting = _converting(convert)
+    mapping = {value: converting(value) for value in keys[~missing].unique()}
     out = keys.map(mapping).to_numpy(dtype=object)
     out[missing] = None
     return out, any(v is _SLOW for v in mapping.values())
