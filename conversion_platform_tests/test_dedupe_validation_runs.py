@@ -314,7 +314,10 @@ def test_dropped_identifiers_are_counted_in_the_ingest_assets_metadata(
     write_log(
         settings,
         [orjson.dumps({"event_id": "l-1", "event_name": "lead", "event_time": moment(11).isoformat(),
-                       "email": "not-an-email", "mpid": "m"})],
+                       "email": "not-an-email", "mpid": "m"}),
+         # a plain address under the hashed name: dropped and counted, as the collector does
+         orjson.dumps({"event_id": "l-2", "event_name": "lead", "event_time": moment(12).isoformat(),
+                       "email_sha256": "bob@example.com", "mpid": "n"})],
     )  # fmt: skip
     result = materialise_dedupe(settings)
     metadata = {
@@ -326,11 +329,10 @@ def test_dropped_identifiers_are_counted_in_the_ingest_assets_metadata(
         "email_placeholder"
         in metadata["collected_conversions"]["identifiers_dropped_by_reason"].value
     )
-    assert metadata["server_log_conversions"]["identifiers_dropped"].value == 1
-    assert (
-        "email_invalid" in metadata["server_log_conversions"]["identifiers_dropped_by_reason"].value
-    )
-    assert metadata["deduplicated_conversions"]["conversions_out"].value == 3
+    assert metadata["server_log_conversions"]["identifiers_dropped"].value == 2
+    log_reasons = metadata["server_log_conversions"]["identifiers_dropped_by_reason"].value
+    assert "email_invalid" in log_reasons and "email_sha256_malformed" in log_reasons
+    assert metadata["deduplicated_conversions"]["conversions_out"].value == 4
 
 
 def _three_hours(store: Engine) -> list[str]:

@@ -27,6 +27,7 @@ from conversion_platform.ingest.records import (
 )
 
 RECEIVED = datetime(2026, 3, 2, 10, tzinfo=UTC)
+_DIGEST = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # sha256("test")
 
 _TEXT = st.one_of(
     st.none(),
@@ -308,8 +309,11 @@ def test_stored_frame_equals_records_to_frame(with_hours: bool) -> None:
             "city": "San Francisco",
             "postal_code": "94103-1234",
             "country": "US",
+            # pre-hashed values: a digest, an upper-case padded digest, a plain address
+            "email_sha256": [None, _DIGEST, f" {_DIGEST.upper()} ", "bob@example.com"][i % 4],
+            "phone_sha256": [None, "+1 415 555 0199"][i % 2],
         }
-        for i in range(9)
+        for i in range(12)
     ]
     received = [RECEIVED] * len(records)
     coerced = [coerce_record(r, "log", received_at=RECEIVED) for r in records]
@@ -319,3 +323,12 @@ def test_stored_frame_equals_records_to_frame(with_hours: bool) -> None:
     got, dropped = stored_frame(columns.frame, hour_of=hours)
     pd.testing.assert_frame_equal(got, expected)
     assert dropped == expected_dropped
+    # Both ways in drop and count a value under a hashed name that is not a digest.
+    assert dropped["email_sha256_malformed"] == 3
+    assert dropped["phone_sha256_malformed"] == 6
+    # Rows without a plaintext address keep the digest, lower-cased, or nothing.
+    given = [r["email_sha256"] for r in records]
+    kept = [got["email_sha256"].iloc[i] for i in range(len(records)) if i % 3]
+    assert kept == [_DIGEST if g and "@" not in g else pd.NA for j, g in enumerate(given) if j % 3]
+    stored_text = " ".join(str(v) for v in got.to_numpy().ravel())
+    assert "bob@example.com" not in stored_text and "555 0199" not in stored_text

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from conversion_platform import events
 from conversion_platform.ingest.records import _MAX_FIELD_LENGTH as MAX_FIELD_LENGTH
 from conversion_platform.ingest.records import _RECORD_FIELDS as RECORD_FIELDS
-from conversion_platform.ingest.records import RecordError, coerce_record
+from conversion_platform.ingest.records import RecordError, coerce_record, drop_malformed_prehashed
 from conversion_platform.store.timecodes import utc_instants
 from conversion_platform.transform.normalise import (
     hash_identity_columns,
@@ -605,7 +605,9 @@ def stored_frame(
     `records.records_to_frame` returns for the same records, without a dict per record
     (`known_phones`: phone hashes computed ahead, see `hash_identity_columns`)."""
     frame = normalise_location_columns(coerced)
+    frame, malformed = drop_malformed_prehashed(frame)
     frame, dropped = hash_identity_columns(frame, known_phones)
+    dropped.update(malformed)
     frame["value_verified"] = value_verified
     if hour_of is None:
         return events.conform(frame, events.STORED_COLUMNS), dropped

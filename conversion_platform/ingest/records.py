@@ -207,11 +207,15 @@ def coerce_record(
 
 def drop_malformed_prehashed(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter[str]]:
     """Pre-hashed identity values (sent under the stored names) that aren't SHA-256 digests
-    are dropped and counted: kept, they could be plaintext personal data at rest."""
+    are dropped and counted: kept, they could be plaintext personal data at rest.
+
+    Both ways in apply it before hashing (`records_to_frame` for the collector,
+    `record_columns.stored_frame` for server logs), so a plain address sent as
+    `email_sha256` is counted as `email_sha256_malformed` whichever way it came."""
     dropped: Counter[str] = Counter()
     for column in events.HASHED_IDENTITY_COLUMNS:
-        if column not in frame.columns:
-            continue
+        if column not in frame.columns or not frame[column].notna().any():
+            continue  # a column nobody sent (the usual case) costs one null check
         values = frame[column].astype("string").str.strip().str.lower()
         bad = values.notna() & ~values.str.fullmatch(r"[0-9a-f]{64}").fillna(False)
         if bad.any():

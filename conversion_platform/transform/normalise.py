@@ -457,7 +457,10 @@ def hash_identity_columns(
     plaintext columns, and returns the frame with a count of dropped values by reason.
     Hashed values already present in `*_sha256` columns are kept unless a plaintext
     value provides one; such a value that is not a digest is hashed as plaintext (an
-    upper-case digest is lower-cased), so nothing personal is stored in the clear.
+    upper-case digest is lower-cased), so nothing personal is stored in the clear. The
+    ingest paths drop and count such values before they get here
+    (`records.drop_malformed_prehashed`); hashing them is the safety net for any other
+    caller.
     Each distinct value is normalised and hashed once; `known_phones` holds `hash_phone`
     results computed ahead (`phone_hash_arguments`), by its arguments.
     """
