@@ -32,6 +32,7 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from conversion_platform import events
 from conversion_platform.transform.dedupe_keys import (
@@ -359,12 +360,33 @@ def merge_copies(
             counts = np.concatenate([np.ones(n_single, dtype=np.int64), copies])
             out[column] = counts[order]
         else:
-            single_values = (keyed["source"] if column == "sources" else keyed[column]).to_numpy(
-                dtype=object, na_value=pd.NA
-            )[single_rows]
-            values = np.concatenate([single_values, computed[column]])[order]
-            out[column] = pd.array(values, dtype=dtypes[column])
+            single = keyed["source"] if column == "sources" else keyed[column]
+            out[column] = _computed_column(
+                single, single_rows, computed[column], order, dtypes[column]
+            )
     return pd.DataFrame(out, columns=list(DEDUPED_COLUMNS), copy=False)
+
+
+def _computed_column(
+    single: pd.Series,
+    single_rows: np.ndarray,
+    merged_values: np.ndarray,
+    order: np.ndarray,
+    dtype: str,
+) -> object:
+    """A column computed for merged groups: the single copies' own values at `single_rows`,
+    then the groups' `merged_values`, in output `order`.
+
+    Text stays in Arrow: as Python objects, each such column was a million `str` at a
+    million records, at the moment dedupe's merge set the run's peak."""
+    if dtype == events.STRING_DTYPE:
+        parts = [
+            events.arrow_text(single).take(pa.array(single_rows)),
+            events.objects_as_large_text(merged_values),
+        ]
+        return pd.array(pa.concat_arrays(parts).take(pa.array(order)), dtype=dtype)
+    singles = single.to_numpy(dtype=object, na_value=pd.NA)[single_rows]
+    return pd.array(np.concatenate([singles, merged_values])[order], dtype=dtype)
 
 
 def conformed(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
