@@ -2,7 +2,8 @@
 
 Scope: the package makes pandas' "string" dtype Arrow-backed; text arrays built by Arrow
 equal pandas' own (missing values, values that aren't text); a frame of one hour is
-handed on without a copy and a frame of several is split by hour; consent stripping on
+handed on without a copy and a frame of several is split by hour; frames joined for
+dedupe are emptied, and the one frame with rows is not copied; consent stripping on
 Arrow columns; the landing read gives the same frame whatever its block size; the
 ledger writes every claim when it writes them a chunk at a time; dedupe's (hour, key)
 codes; and the text predicates on Python-backed columns as well as Arrow ones.
@@ -162,3 +163,37 @@ def test_text_predicates_agree_on_every_storage(dtype: str) -> None:
     assert is_sha256_hex(values).tolist() == [True, True, False, False]
     assert one_of(values, {"x"}).tolist() == [False, True, False, True]
     assert normalised_in(values, {"test@example.com"}).tolist() == [False, False, True, False]
+
+
+def _copies(ids: list[str], value: float) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "event_id": pd.array(ids, dtype=events.STRING_DTYPE),
+            "event_name": pd.array(["lead"] * len(ids), dtype=events.STRING_DTYPE),
+            "value": np.full(len(ids), value),
+        }
+    )
+
+
+@pytest.mark.parametrize("collected_rows", [0, 2])
+def test_frames_joined_for_dedupe_are_emptied_and_one_frame_of_rows_is_not_copied(
+    collected_rows: int,
+) -> None:
+    collected = _copies([f"c{i}" for i in range(collected_rows)], 1.0)
+    logged = _copies(["l0", "l1", None], 2.0)  # type: ignore[list-item]
+    logged["only_in_logs"] = pd.array(["x", None, "z"], dtype=events.STRING_DTYPE)
+    expected = pd.concat([collected, logged], ignore_index=True)
+    kept_array = logged["event_id"].array._pa_array.chunk(0)
+
+    joined = events.concat_releasing([collected, logged])
+
+    pd.testing.assert_frame_equal(joined, expected)
+    # The frames given are emptied, so nothing else holds their columns.
+    assert list(collected.columns) == [] and list(logged.columns) == []
+    # With one frame of rows, its arrays are taken as they are: one piece, no copy.
+    if collected_rows == 0:
+        for name in ("event_id", "event_name", "only_in_logs"):
+            assert joined[name].array._pa_array.num_chunks == 1, name
+        assert joined["event_id"].array._pa_array.chunk(0).buffers()[2].address == (
+            kept_array.buffers()[2].address
+        )

@@ -58,7 +58,8 @@ def deduplicated_conversions(
     engine = database.engine()
     hours = hours_of_run(context)
     keys_by_hour = {hour: key for key, hour in hours}
-    copies = pd.concat([collected_conversions, server_log_conversions], ignore_index=True)
+    # One frame of the copies; the inputs are emptied, so their memory can go.
+    copies = events.concat_releasing([collected_conversions, server_log_conversions])
     result = deduplicate_hours(
         engine,
         copies,
