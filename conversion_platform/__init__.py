@@ -8,12 +8,16 @@ and comparison, where Arrow keeps them in a few buffers that Parquet, the JSON e
 and the vectorised checks read without copying.
 
 Arrow allocates through jemalloc (`memory`), which returns freed memory to the
-system, unless `ARROW_DEFAULT_MEMORY_POOL` says otherwise.
+system, unless `ARROW_DEFAULT_MEMORY_POOL` says otherwise; glibc maps blocks of 4 MiB or
+more on their own, so freed column-sized arrays leave the process, unless
+`MALLOC_MMAP_THRESHOLD_` says otherwise.
 """
 
 import pandas as _pd
 
+from conversion_platform.memory import fix_large_block_threshold as _fix_threshold
 from conversion_platform.memory import use_returning_allocator as _use_allocator
 
 _pd.set_option("mode.string_storage", "pyarrow")
 _use_allocator()
+_fix_threshold()

@@ -55,3 +55,55 @@ def test_the_free_heap_goes_back_to_the_system_on_glibc() -> None:
     if done.stdout.split()[0] == "False":
         pytest.skip("the C library is not glibc: nothing to trim")
     assert done.stdout.split() == ["True", "True"]
+
+
+_FREED_LARGE_BLOCKS = (
+    "import os, sys\n"
+    "if sys.argv[1] == 'package':\n"
+    "    import conversion_platform.memory as memory\n"  # importing the package is all
+    "    print(memory._LIBC is not None and hasattr(memory._LIBC, 'mallopt'))\n"
+    "else:\n"
+    "    print('True')\n"
+    "def anon():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('RssAnon:'): return int(line.split()[1]) // 1024\n"
+    "pins = []\n"
+    "before = anon()\n"
+    "for _ in range(4):\n"
+    "    arrays = [bytearray(5_000_000) for _ in range(20)]\n"  # column-sized blocks
+    "    pins.append(bytes(100_000))\n"  # a live block above them on the heap
+    "    del arrays\n"
+    "print(anon() - before)\n"
+)
+
+
+def _resident_after_freeing_large_blocks(with_package: bool) -> tuple[bool, int]:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    done = subprocess.run(
+        [sys.executable, "-c", _FREED_LARGE_BLOCKS, "package" if with_package else "plain"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    fixed, grown = done.stdout.split()
+    return fixed == "True", int(grown)
+
+
+def test_freed_column_sized_blocks_leave_the_process() -> None:
+    """glibc raises its threshold for mapping a block on its own each time such a block
+    is freed; then 5 MB arrays come from the heap and stay resident once freed. The
+    package fixes the threshold, so they are unmapped when freed."""
+    fixed, grown_with_package = _resident_after_freeing_large_blocks(with_package=True)
+    if not fixed:
+        pytest.skip("the C library is not glibc: its threshold can't be set")
+    _, grown_without = _resident_after_freeing_large_blocks(with_package=False)
+    assert grown_without > 60  # MiB: a round of freed arrays stays resident without the fix
+    assert grown_with_package < 30
+
+
+def test_a_threshold_the_user_chose_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conversion_platform.memory import THRESHOLD_VARIABLE, fix_large_block_threshold
+
+    monkeypatch.setenv(THRESHOLD_VARIABLE, "131072")
+    assert fix_large_block_threshold() is False
