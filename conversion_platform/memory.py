@@ -29,7 +29,7 @@ after the first freed column-sized array, arrays of a few megabytes (a million-r
 column of numbers or positions) come from the heap, and freed among live blocks they
 stay resident. Fixing the threshold at 4 MiB (which also stops the raising) keeps those
 arrays mapped. The hour as run at a million records, on the same code: peak 2,849 and
-2,867 MiB against 2,941-2,954, wall time the same (105-107 s against 105-107 s); at
+2,867 MiB against 2,941-2,954, wall time within noise (105.2-109.7 s against 104.7-106.6); at
 256 KiB the peak was 2,813-2,822 MiB but the hour 8% slower (a mapping per block).
 `MALLOC_MMAP_THRESHOLD_` set by the user wins: glibc reads it itself.
 """
