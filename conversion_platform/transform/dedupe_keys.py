@@ -283,7 +283,7 @@ def assign_dedupe_keys(
         keyed = pd.DataFrame(
             {
                 "hour_us": sub_hours,
-                "dedupe_key": key.to_numpy(),
+                "dedupe_key": key.array,  # Arrow text: no Python str per key
                 "id_key": ids,
                 "order_key": orders,
             }
@@ -319,8 +319,8 @@ def assign_dedupe_keys(
                 pd.DataFrame(
                     {
                         "hour_us": hour_us[fp_idx],
-                        "dedupe_key": key.to_numpy(),
-                        "match_key": match_key.to_numpy(),
+                        "dedupe_key": key.array,
+                        "match_key": match_key.array,
                         "kind": RULE_FINGERPRINT,
                     }
                 )
@@ -340,8 +340,8 @@ def assign_dedupe_keys(
                 pd.DataFrame(
                     {
                         "hour_us": hour_us[none_idx],
-                        "dedupe_key": key.to_numpy(),
-                        "match_key": key.to_numpy(),
+                        "dedupe_key": key.array,
+                        "match_key": key.array,
                         "kind": RULE_NONE,
                     }
                 )
