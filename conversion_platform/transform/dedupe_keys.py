@@ -278,7 +278,7 @@ def assign_dedupe_keys(
         by_event_id = (distinct_ids == 1) & all_have_id
         key = pd.Series(np.where(by_event_id, first_id, first_order), dtype="string")
         rule[idx] = np.where(by_event_id, RULE_EVENT_ID, RULE_ORDER_ID)
-        dedupe_key.iloc[idx] = key.to_numpy()
+        dedupe_key.iloc[idx] = key.array
         conversion_event_id.iloc[idx] = first_sender  # NA: derived below
         keyed = pd.DataFrame(
             {
@@ -314,7 +314,7 @@ def assign_dedupe_keys(
             )
             key = match_key + "@" + pd.Series(starts).astype(str)
             rule[fp_idx] = RULE_FINGERPRINT
-            dedupe_key.iloc[fp_idx] = key.to_numpy()
+            dedupe_key.iloc[fp_idx] = key.array
             match_parts.append(
                 pd.DataFrame(
                     {
@@ -334,7 +334,7 @@ def assign_dedupe_keys(
                 content = pd.util.hash_pandas_object(frame.iloc[none_idx][columns], index=False)
                 own = own.fillna("row" + pd.Series(content.to_numpy(), index=own.index).astype(str))
             key = bounded_keys(f"{RULE_NONE}:" + name.iloc[none_idx] + ":" + own, RULE_NONE)
-            dedupe_key.iloc[none_idx] = key.to_numpy()
+            dedupe_key.iloc[none_idx] = key.array
             conversion_event_id.iloc[none_idx] = frame["event_id"].astype("string").iloc[none_idx]
             match_parts.append(
                 pd.DataFrame(
