@@ -300,7 +300,8 @@ def concat_releasing(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     rows) and shares Arrow ones. A step's input frames stay referenced (by Dagster) for
     the step's whole life, so emptying them is what lets those copies' originals go. An
     Arrow column whose rows all come from one frame (the usual hour: the collector's or
-    the logs') keeps that frame's array as it is, rather than pieces with empty ones.
+    the logs') keeps that frame's array as it is, rather than pieces with empty ones, so
+    `arrow_text` reads it later without joining the pieces into a copy.
     """
     combined = pd.concat(frames, ignore_index=True)
     for name in list(combined.columns):

@@ -377,16 +377,14 @@ def _computed_column(
     """A column computed for merged groups: the single copies' own values at `single_rows`,
     then the groups' `merged_values`, in output `order`.
 
-    Text stays in Arrow: as Python objects, each such column was a million `str` at a
-    million records, at the moment dedupe's merge set the run's peak."""
-    if dtype == events.STRING_DTYPE:
-        parts = [
-            events.arrow_text(single).take(pa.array(single_rows)),
-            events.objects_as_large_text(merged_values),
-        ]
-        return pd.array(pa.concat_arrays(parts).take(pa.array(order)), dtype=dtype)
-    singles = single.to_numpy(dtype=object, na_value=pd.NA)[single_rows]
-    return pd.array(np.concatenate([singles, merged_values])[order], dtype=dtype)
+    The computed columns (sources, consent) are text, and stay in Arrow: as Python
+    objects, each was a million `str` at a million records, at the moment dedupe's merge
+    set the run's peak."""
+    parts = [
+        events.arrow_text(single).take(pa.array(single_rows)),
+        events.objects_as_large_text(merged_values),
+    ]
+    return pd.array(pa.concat_arrays(parts).take(pa.array(order)), dtype=dtype)
 
 
 def conformed(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
