@@ -5,8 +5,11 @@ to), and one pass over a file both indexes it and reads the window."""
 from __future__ import annotations
 
 import gzip
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -18,6 +21,7 @@ from conversion_platform.ingest import log_chunks
 from conversion_platform.ingest.log_conversions import ingest_server_logs
 from conversion_platform.ingest.record_columns import concat_coerced
 from conversion_platform.store.tables import log_file_index
+from conversion_platform.transform import second_core
 
 H10 = datetime(2026, 3, 2, 10, tzinfo=UTC)
 
@@ -136,3 +140,57 @@ def test_coerced_chunks_of_arrow_text_are_chained_and_mixed_ones_become_objects(
     mixed = concat_coerced([arrow, objects])
     assert mixed["t"].dtype == object
     assert mixed["t"].tolist() == ["a", None, "c", None]
+
+
+def record_summary(chunk: log_chunks.LogChunk) -> list[tuple[int, str, int]]:
+    """What a worker returns for a chunk (module level, so it can import it); slow enough
+    that the caller and the worker both take chunks."""
+    time.sleep(0.01)
+    return [
+        (n, r["event_id"], t)
+        for n, r, t in zip(chunk.line_numbers, chunk.records, chunk.logged_ns, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_chunks_read_on_two_cores_are_the_chunks_read_on_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: bool
+) -> None:
+    """With `then`, chunks are parsed by the worker too: the records kept for the hours
+    asked for, the failed lines and their hours (settled across chunks, whoever parsed
+    them), the line counts and the index's hour range are the same; a truncated gzip
+    still ends with its error."""
+    lines = [b"garbage", b"more garbage", *_lines()]
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / "app.log"
+    path.write_bytes(gzip.compress(data)[:-40] if compress else data)
+    monkeypatch.setattr(log_chunks, "CHUNK_LINES", 4)
+    one = _chunks(path)
+    hour_10 = np.array([int(H10.timestamp()) * 1_000_000_000], dtype=np.int64)
+    # Warm the worker up with the test module, then read on two cores.
+    list(log_chunks.read_log_chunks(path, [], then=record_summary))
+    shared: list[str] = []
+    real_map_chunk = second_core._Worker.map_chunk
+
+    def map_chunk(self: second_core._Worker, fn: Callable[..., Any], items: Any) -> list[Any]:
+        shared.append(fn.__name__)
+        return real_map_chunk(self, fn, items)
+
+    monkeypatch.setattr(second_core._Worker, "map_chunk", map_chunk)
+    two = list(log_chunks.read_log_chunks(path, [], hours_ns=hour_10, then=record_summary))
+    if second_core._usable_cores() > 1:
+        assert shared.count("parse_piece") >= 2
+    records, failed = _summary(one)
+    assert [r for c in two for r in (c.outcome or [])] == [
+        r for r in records if r[2] - r[2] % 3_600_000_000_000 == hour_10[0]
+    ]
+    assert all(c.records == [] for c in two)
+    assert _summary(two)[1] == failed
+    assert [c.lines_read for c in two] == [c.lines_read for c in one]
+    assert [c.hour_range_ns for c in two] == [c.hour_range_ns for c in one]
+    if not compress:
+        assert sum(c.lines_read for c in one) == len(lines)
+    else:
+        assert failed[-1][1].startswith("unreadable compressed data after line")
+    assert failed[0][:2] == (1, "not a combined access-log line")
+    assert failed[0][2] == hour_10[0]  # from a later chunk: the file's first readable line

@@ -4,8 +4,9 @@ Scope: the results are the function's, in order, and the worker computes part of
 phone hashing gives the same digests and drop counts with and without the worker; an
 error in the function is raised in the caller; a worker that dies mid-call costs no
 value and is not started again; a script without a main guard is not run twice (the
-trap of `multiprocessing`'s spawned children); a prefetch (ingest hashing an hour's numbers
-while its lines are parsed) gives the same hour, and finishes when its worker dies.
+trap of `multiprocessing`'s spawned children); a map begun early (`SharedMap`) and a
+stream of pieces (`imap_on_two_cores`) give the same results, free the worker when done,
+left or broken; ingest on two cores gives the hour it gives on one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 import pytest
 from sqlalchemy.engine import Engine
 
-from conversion_platform.ingest import log_chunks, log_conversions
+from conversion_platform.ingest import log_chunks
 from conversion_platform.ingest.log_conversions import ingest_server_logs
 from conversion_platform.transform import normalise, second_core
 from conversion_platform.transform.normalise import hash_identity_columns, hash_phone
@@ -172,66 +173,159 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
     assert lines[-1].startswith("500 ")
 
 
-def test_a_prefetch_hashes_ahead_and_gives_the_same_results() -> None:
-    prefetch = second_core.Prefetch(hash_phone)
-    first = [(f"(415) 555-{i:04d}", "US") for i in range(300)]
-    second = [("+44 20 7946 0958", None), ("not a phone", "DE"), ("undefined", None)]
-    prefetch.submit(first)
-    prefetch.submit(second)
-    known = prefetch.finish()
-    hash_phone.cache_clear()
-    assert known == {args: hash_phone(*args) for args in first + second}
-    # The worker is free for others again.
-    shared = second_core.map_on_two_cores(
+def test_a_shared_map_begun_early_gives_the_same_results() -> None:
+    """The worker starts from the back at once; the caller joins in when it reads."""
+    _warm_worker()
+    items = [(i,) for i in range(600)]
+    shared = second_core.SharedMap(slow_square_with_pid, items, min_items=1, chunk_items=10)
+    time.sleep(0.5)  # the caller's other work: the worker goes on alone meanwhile
+    results = shared.results()
+    assert [square for square, _ in results] == [i * i for i in range(600)]
+    worker_share = sum(pid != os.getpid() for _, pid in results)
+    assert worker_share > 300  # its head start: more than half
+    assert results[0][1] == os.getpid()  # the caller still took the front
+
+
+def test_a_shared_map_closed_unread_frees_the_worker() -> None:
+    _warm_worker()
+    shared = second_core.SharedMap(
+        slow_square_with_pid, [(i,) for i in range(2_000)], min_items=1, chunk_items=10
+    )
+    # While it holds the worker, another call computes alone ...
+    alone = second_core.map_on_two_cores(slow_square_with_pid, [(2,)] * 50, min_items=1)
+    assert {pid for _, pid in alone} == {os.getpid()}
+    shared.close()
+    # ... and once closed, the worker is free again.
+    after = second_core.map_on_two_cores(
         slow_square_with_pid, [(3,)] * 500, min_items=1, chunk_items=5
     )
-    assert {square for square, _ in shared} == {9}
-    assert {pid for _, pid in shared} - {os.getpid()}
+    assert {pid for _, pid in after} - {os.getpid()}
 
 
-def test_a_prefetch_whose_worker_dies_finishes_with_what_it_has() -> None:
+def test_a_shared_map_whose_worker_dies_costs_no_value() -> None:
     _warm_worker()
-    prefetch = second_core.Prefetch(die_in_worker)
-    prefetch.submit([(i, os.getpid()) for i in range(50)])
-    assert prefetch.finish() == {}
+    items = [(i, os.getpid()) for i in range(500)]
+    shared = second_core.SharedMap(die_in_worker, items, min_items=1, chunk_items=10)
+    assert shared.results() == [-i for i in range(500)]
     assert second_core._get_worker() is None
 
 
-def test_ingest_hashes_phones_ahead_with_the_same_result(
+def _stream(count: int, produced: list[int]) -> Iterator[tuple[int]]:
+    for i in range(count):
+        produced.append(i)
+        yield (i,)
+
+
+def slow_square_piece(value: int) -> tuple[int, int]:
+    """A piece of a stream: slow enough that the caller and the worker take turns."""
+    time.sleep(0.03)
+    return value * value, os.getpid()
+
+
+def test_a_stream_is_mapped_in_order_on_both_cores() -> None:
+    _warm_worker()
+    produced: list[int] = []
+    results = []
+    for square, pid in second_core.imap_on_two_cores(slow_square_piece, _stream(60, produced)):
+        results.append((square, pid))
+        # The stream is read as the results are used, not all at once ahead of them.
+        assert len(produced) <= len(results) + 3
+    assert [square for square, _ in results] == [i * i for i in range(60)]
+    pids = [pid for _, pid in results]
+    assert 10 <= sum(pid != os.getpid() for pid in pids) <= 50  # both sides took pieces
+    worker = second_core._worker
+    assert worker is not None and worker.alive() and not worker.busy.locked()
+
+
+def test_a_stream_of_one_piece_starts_no_worker() -> None:
+    assert list(second_core.imap_on_two_cores(slow_square_piece, [(4,)])) == [(16, os.getpid())]
+    assert list(second_core.imap_on_two_cores(slow_square_piece, [])) == []
+    assert second_core._worker is None
+
+
+def test_an_error_in_a_piece_is_raised_in_the_caller_wherever_it_was_computed() -> None:
+    _warm_worker()
+    for bad in (1, 2, 3, 18):  # early pieces go to the worker, the last to either side
+        items = [(13 if k == bad else 20 + k,) for k in range(20)]
+        with pytest.raises(ValueError, match="thirteen"):
+            list(second_core.imap_on_two_cores(fail_on_13, items))
+        worker = second_core._worker
+        assert worker is not None and worker.alive() and not worker.busy.locked()
+    assert list(second_core.imap_on_two_cores(fail_on_13, [(i,) for i in range(20, 40)])) == [
+        i + 1 for i in range(20, 40)
+    ]
+
+
+def die_in_worker_slowly(value: int, caller_pid: int) -> int:
+    if os.getpid() == caller_pid:
+        time.sleep(0.03)  # the caller is slow: the worker is handed a piece
+    return die_in_worker(value, caller_pid)
+
+
+def test_a_stream_whose_worker_dies_costs_no_value() -> None:
+    _warm_worker()
+    items = [(i, os.getpid()) for i in range(40)]
+    results = list(second_core.imap_on_two_cores(die_in_worker_slowly, items))
+    assert results == [-i for i in range(40)]
+    assert second_core._get_worker() is None
+
+
+def test_a_stream_left_early_frees_the_worker() -> None:
+    _warm_worker()
+    stream = second_core.imap_on_two_cores(slow_square_piece, [(i,) for i in range(40)])
+    assert [next(stream)[0] for _ in range(3)] == [0, 1, 4]
+    stream.close()
+    worker = second_core._worker
+    assert worker is not None and worker.alive() and not worker.busy.locked()
+    after = second_core.map_on_two_cores(
+        slow_square_with_pid, [(3,)] * 500, min_items=1, chunk_items=5
+    )
+    assert {pid for _, pid in after} - {os.getpid()}
+
+
+def test_ingest_on_two_cores_gives_the_hour_it_gives_on_one(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A log with many distinct numbers: the worker hashes them while the lines are
-    parsed, and the hour is the one hashed without it (digests, drops, quarantine)."""
+    """A log in many chunks, with many distinct numbers, broken lines and refused
+    records: the worker parses and checks some chunks and hashes the phone numbers
+    while the rest is hashed, and the hour is the one read on one core (digests, drops,
+    quarantine)."""
     hour = datetime(2026, 3, 2, 10, tzinfo=UTC)
     formats = ["({a}) 555-{b:04d}", "+1 {a} 555 {b:04d}", "0{a} {b:06d}", "{b}"]
     countries = ["US", "us", "United Kingdom", "DE", None, "France"]
-    lines = [
-        orjson.dumps(
-            {
-                "event_id": f"p{i}",
-                "event_name": "lead",
-                "event_time": (hour + timedelta(seconds=i)).isoformat(),
-                "phone": formats[i % 4].format(a=200 + i % 700, b=i),
-                **({"country": countries[i % 6]} if countries[i % 6] else {}),
-            }
-        )
-        for i in range(3_000)
-    ]
+    lines = []
+    for i in range(3_000):
+        record = {
+            "event_id": f"p{i}",
+            "event_name": "lead" if i % 97 else "",  # an event name is required
+            "event_time": (hour + timedelta(seconds=i)).isoformat(),
+            "phone": formats[i % 4].format(a=200 + i % 700, b=i),
+            "email": f"buyer{i % 400}@example.com",
+            **({"country": countries[i % 6]} if countries[i % 6] else {}),
+        }
+        lines.append(orjson.dumps(record))
+        if i % 250 == 7:
+            lines.append(b'{"event_id": "cut", "ev')
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "app.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    monkeypatch.setattr(log_chunks, "CHUNK_LINES", 500)
+    monkeypatch.setattr(log_chunks, "CHUNK_LINES", 100)
+    monkeypatch.setattr(second_core, "MIN_ITEMS", 100)
 
-    monkeypatch.setattr(log_conversions, "_PHONES_TO_PREFETCH", 10**9)
+    monkeypatch.setattr(second_core, "_usable_cores", lambda: 1)
     alone = ingest_server_logs(engine, logs, [], [hour])
     assert second_core._worker is None
-    used: list[int] = []
-    real_finish = second_core.Prefetch.finish
+    monkeypatch.undo()
+    monkeypatch.setattr(log_chunks, "CHUNK_LINES", 100)
+    monkeypatch.setattr(second_core, "MIN_ITEMS", 100)
+    ingest_server_logs(engine, logs, [], [hour])  # a worker, warmed up with what ingest imports
 
-    def finish(self: second_core.Prefetch) -> dict:
-        known = real_finish(self)
-        used.append(len(known))
-        return known
+    sent: list[str] = []
+    real_map_chunk = second_core._Worker.map_chunk
+
+    def map_chunk(self: second_core._Worker, fn: Callable[..., Any], items: Any) -> list[Any]:
+        sent.append(fn.__name__)
+        return real_map_chunk(self, fn, items)
 
     hashed_after: list[int] = []
     real_map = normalise.map_on_two_cores
@@ -240,16 +334,60 @@ def test_ingest_hashes_phones_ahead_with_the_same_result(
         hashed_after.append(len(items))
         return real_map(fn, items)
 
-    monkeypatch.setattr(second_core.Prefetch, "finish", finish)
+    monkeypatch.setattr(second_core._Worker, "map_chunk", map_chunk)
     monkeypatch.setattr(normalise, "map_on_two_cores", map_rest)
-    monkeypatch.setattr(log_conversions, "_PHONES_TO_PREFETCH", 100)
-    ahead = ingest_server_logs(engine, logs, [], [hour])
-    assert used and used[0] > 2_000  # the numbers were hashed by the worker ...
-    assert hashed_after == [0]  # ... every one of them, with the arguments hashing uses
-    pd.testing.assert_frame_equal(ahead.frame, alone.frame)
-    assert ahead.dropped_identifiers == alone.dropped_identifiers
-    assert ahead.dropped_identifiers["phone_invalid"] > 0
-    assert ahead.frame["phone_sha256"].notna().sum() > 500
+    shared = ingest_server_logs(engine, logs, [], [hour])
+    assert sent.count("parse_piece") >= 2  # the worker parsed and checked chunks ...
+    assert "hash_phone" in sent  # ... and hashed numbers ...
+    assert hashed_after == [0]  # ... every number left was hashed ahead
+    pd.testing.assert_frame_equal(shared.frame, alone.frame)
+    assert shared.dropped_identifiers == alone.dropped_identifiers
+    assert shared.dropped_identifiers["phone_invalid"] > 0
+    assert shared.frame["phone_sha256"].notna().sum() > 500
+    assert len(shared.frame) == 3_000 - len(range(0, 3_000, 97))
+    assert shared.quarantined == alone.quarantined
+    assert len(shared.quarantined) == 12 + len(range(0, 3_000, 97))
+    assert shared.per_hour == alone.per_hour
+
+
+def test_the_worker_keeps_no_memo_after_ingest(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking chunks in the worker hashes nothing there that it keeps: emails and
+    phone numbers are hashed in this process or by the undecorated function."""
+    hour = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    lines = [
+        orjson.dumps(
+            {
+                "event_id": f"m{i}",
+                "event_name": "lead",
+                "event_time": (hour + timedelta(seconds=i)).isoformat(),
+                "phone": f"(415) 555-{i:04d}",
+                "country": "US",
+                "email": f"m{i}@example.com",
+            }
+        )
+        for i in range(2_000)
+    ]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "app.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    monkeypatch.setattr(log_chunks, "CHUNK_LINES", 200)
+    monkeypatch.setattr(second_core, "MIN_ITEMS", 100)
+    ingest_server_logs(engine, logs, [], [hour])
+    assert second_core._worker is not None
+    probe = second_core.map_on_two_cores(
+        _memo_sizes, [(os.getpid(),)] * 200, min_items=1, chunk_items=1
+    )
+    assert {pid for pid, _ in probe} - {os.getpid()}  # the worker answered some
+    assert max(size for _, size in probe) == 0
+
+
+def _memo_sizes(caller_pid: int) -> tuple[int, int]:
+    if os.getpid() == caller_pid:
+        return caller_pid, 0
+    sizes = [hash_phone.cache_info().currsize, normalise.hash_email.cache_info().currsize]
+    return os.getpid(), max(sizes)
 
 
 def print_and_square(value: int) -> tuple[int, int]:

@@ -19,15 +19,10 @@ from conversion_platform.ingest.server_logs import scan_logs_for_hours
 from conversion_platform.memory import return_free_heap
 from conversion_platform.store.quarantine import STAGE_PARSE, QuarantinedRecord
 from conversion_platform.transform.normalise import (
+    PhonesHashedAhead,
     clear_hashing_caches,
-    hash_phone,
-    phone_hash_arguments,
     redact,
 )
-from conversion_platform.transform.second_core import MIN_ITEMS, Prefetch
-
-#: New distinct phone numbers in one chunk of lines that start hashing them ahead.
-_PHONES_TO_PREFETCH = MIN_ITEMS // 4
 
 
 @dataclass
@@ -81,6 +76,42 @@ def _text_as_arrow(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+@dataclass
+class CoercedLogChunk:
+    """A chunk of log records checked column by column (`coerce_log_chunk`)."""
+
+    frame: pd.DataFrame  # the records kept, text columns as Arrow
+    hours_ns: np.ndarray  # the hour of each kept record (UTC ns)
+    refused: list[QuarantinedRecord]
+
+
+def coerce_log_chunk(chunk: LogChunk) -> CoercedLogChunk:
+    """Check a parsed chunk's records (`coerce_records`); the refused become quarantine
+    records. Runs on either core (`read_log_chunks`' `then`): what it returns is compact,
+    its dicts go no further."""
+    logged = pd.Series(np.asarray(chunk.logged_ns, dtype="datetime64[ns]")).dt.tz_localize("UTC")
+    coerced = coerce_records(chunk.records, events.SOURCE_LOG, logged)
+    hours_ns = chunk.hours_ns()
+    refused = []
+    for position, reason in coerced.failures:
+        record = chunk.records[position]
+        refused.append(
+            QuarantinedRecord(
+                stage=STAGE_PARSE,
+                source=events.SOURCE_LOG,
+                hour=_hour(int(hours_ns[position])),
+                origin=f"{chunk.path}:{chunk.line_numbers[position]}",
+                reason=reason,
+                raw_redacted=redact(chunk.raw_text(position)),
+                event_id=str(record.get("event_id"))[:200] if record.get("event_id") else None,
+                event_name=str(record.get("event_name"))[:100]
+                if record.get("event_name")
+                else None,
+            )
+        )
+    return CoercedLogChunk(_text_as_arrow(coerced.frame), hours_ns[coerced.positions], refused)
+
+
 def _ingest(
     engine: Engine, logs_dir: Path, rules: list[AccessLogRule], hours: list[datetime]
 ) -> LogIngestResult:
@@ -88,61 +119,21 @@ def _ingest(
     hour_parts: list[np.ndarray] = []
     parsed: Counter[datetime] = Counter()
     refused: dict[datetime, list[QuarantinedRecord]] = {hour: [] for hour in hours}
-    # Phone numbers are hashed by a worker process while the lines are parsed (pure
-    # Python at ~70 µs a number: 13 s of a million-line hour's ingest on one core).
-    prefetch: Prefetch | None = None
-    prefetched: set[tuple[str, str | None]] = set()
 
-    def coerce_chunk(chunk: LogChunk) -> None:
-        """Check a chunk's records as soon as it is parsed; its dicts are dropped after."""
-        nonlocal prefetch
-        logged = pd.Series(np.asarray(chunk.logged_ns, dtype="datetime64[ns]")).dt.tz_localize(
-            "UTC"
-        )
-        coerced = coerce_records(chunk.records, events.SOURCE_LOG, logged)
-        hours_ns = chunk.hours_ns()
-        for position, reason in coerced.failures:
-            record = chunk.records[position]
-            hour = _hour(int(hours_ns[position]))
-            refused[hour].append(
-                QuarantinedRecord(
-                    stage=STAGE_PARSE,
-                    source=events.SOURCE_LOG,
-                    hour=hour,
-                    origin=f"{chunk.path}:{chunk.line_numbers[position]}",
-                    reason=reason,
-                    raw_redacted=redact(chunk.raw_text(position)),
-                    event_id=str(record.get("event_id"))[:200] if record.get("event_id") else None,
-                    event_name=str(record.get("event_name"))[:100]
-                    if record.get("event_name")
-                    else None,
-                )
-            )
-        if "phone" in coerced.frame.columns:
-            columns = coerced.frame
-            pairs = phone_hash_arguments(
-                columns["phone"], columns["country"] if "country" in columns.columns else None
-            )
-            new = [pair for pair in pairs if pair not in prefetched]
-            if prefetch is None and len(new) >= _PHONES_TO_PREFETCH:
-                prefetch = Prefetch(hash_phone)
-            if prefetch is not None:
-                prefetched.update(new)
-                prefetch.submit(new)
-        kept_hours = hours_ns[coerced.positions]
-        for hour_ns, count in zip(*np.unique(kept_hours, return_counts=True), strict=True):
+    def collect(chunk: LogChunk) -> None:
+        """Keep a chunk's checked records (computed on either core) in file order."""
+        outcome: CoercedLogChunk = chunk.outcome
+        for record in outcome.refused:
+            refused[record.hour].append(record)
+        for hour_ns, count in zip(*np.unique(outcome.hours_ns, return_counts=True), strict=True):
             parsed[_hour(int(hour_ns))] += int(count)
-        frames.append(_text_as_arrow(coerced.frame))
-        hour_parts.append(kept_hours)
+        frames.append(outcome.frame)
+        hour_parts.append(outcome.hours_ns)
 
-    try:
-        scan = scan_logs_for_hours(engine, logs_dir, rules, hours, on_chunk=coerce_chunk)
-    except BaseException:
-        if prefetch is not None:
-            prefetch.finish(cancel=True)  # frees the worker without hashing the rest
-        raise
-    known_phones = prefetch.finish() if prefetch is not None else {}
-    prefetched.clear()
+    # Each chunk of lines is parsed and checked on one of two cores as it is read.
+    scan = scan_logs_for_hours(
+        engine, logs_dir, rules, hours, on_chunk=collect, then=coerce_log_chunk
+    )
     per_hour = {
         hour: {
             "lines_parsed": parsed[hour],
@@ -182,7 +173,32 @@ def _ingest(
     else:
         coerced_frame = coerce_records([], events.SOURCE_LOG, []).frame
         hour_of = pd.Series([], dtype="datetime64[ns, UTC]")
-    # Hour by hour (usually one), so dropped identity values count in the hour they arrived.
+    # The phone numbers are hashed by the worker while the other columns are hashed here.
+    known_phones = (
+        PhonesHashedAhead(
+            coerced_frame["phone"],
+            coerced_frame["country"] if "country" in coerced_frame.columns else None,
+        )
+        if "phone" in coerced_frame.columns
+        else None
+    )
+    try:
+        frame, dropped_by_hour = _stored_by_hour(coerced_frame, hour_of, known_phones)
+    finally:
+        if known_phones is not None:
+            known_phones.close()
+    dropped = sum(dropped_by_hour.values(), Counter())
+    quarantined = [q for hour in hours for q in quarantined_by_hour[hour]]
+    return LogIngestResult(frame, quarantined, scan.files_read, per_hour, dropped, dropped_by_hour)
+
+
+def _stored_by_hour(
+    coerced_frame: pd.DataFrame,
+    hour_of: pd.Series,
+    known_phones: PhonesHashedAhead | None,
+) -> tuple[pd.DataFrame, dict[datetime, Counter[str]]]:
+    """The coerced records in the stored model, hour by hour (usually one), so dropped
+    identity values count in the hour they arrived."""
     parts: list[pd.DataFrame] = []
     dropped_by_hour: dict[datetime, Counter[str]] = {}
     # As integers: a tz-aware series' `to_numpy` would make a Timestamp object per row.
@@ -201,6 +217,4 @@ def _ingest(
         frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     else:
         frame, _ = stored_frame(coerced_frame, hour_of=hour_of)
-    dropped = sum(dropped_by_hour.values(), Counter())
-    quarantined = [q for hour in hours for q in quarantined_by_hour[hour]]
-    return LogIngestResult(frame, quarantined, scan.files_read, per_hour, dropped, dropped_by_hour)
+    return frame, dropped_by_hour

@@ -88,6 +88,7 @@ def scan_logs_for_hours(
     rules: list[AccessLogRule],
     hours: list[datetime],
     on_chunk: Callable[[LogChunk], None] | None = None,
+    then: Callable[[LogChunk], Any] | None = None,
 ) -> LogScan:
     """Parse every file that can hold one of `hours`, keeping what belongs to them.
 
@@ -97,7 +98,10 @@ def scan_logs_for_hours(
 
     With `on_chunk`, each chunk of the window's records is handed to it as soon as it is
     parsed instead of being kept in `LogScan.chunks`: only one chunk's parsed records are
-    held at a time (ingest coerces and drops them chunk by chunk).
+    held at a time (ingest coerces and drops them chunk by chunk). With `then` (a
+    module-level function), each chunk of the window's records is given to it as soon as
+    it is parsed, on either of two cores, and its records are replaced by `then`'s result
+    (`LogChunk.outcome`): see `read_log_chunks`.
     """
     scan = LogScan(failed={hour: [] for hour in hours}, ignored=dict.fromkeys(hours, 0))
     if not hours:
@@ -124,30 +128,20 @@ def scan_logs_for_hours(
         lines = 0
         failed: list[FailedLine] = []
         holds_window = False
-        for chunk in read_log_chunks(path, rules):
-            hours_ns = chunk.hours_ns()
-            stamps = [hours_ns, np.asarray(chunk.ignored_hours_ns, dtype=np.int64)]
-            for stamp in stamps:
-                if len(stamp):
-                    low, high = int(stamp.min()), int(stamp.max())
-                    first = low if first is None else min(first, low)
-                    last = high if last is None else max(last, high)
-            lines += len(chunk.records) + len(chunk.ignored_hours_ns) + len(chunk.failed)
+        for chunk in read_log_chunks(path, rules, hours_ns=wanted, then=then):
+            if chunk.hour_range_ns is not None:
+                low, high = chunk.hour_range_ns
+                first = low if first is None else min(first, low)
+                last = high if last is None else max(last, high)
+            lines += chunk.lines_read
             failed.extend(chunk.failed)
             for stamp in chunk.ignored_hours_ns:
                 hour = _hour_of_ns(stamp)
                 if hour in scan.ignored:
                     scan.ignored[hour] += 1
                     holds_window = True
-            keep = np.isin(hours_ns, wanted)
-            if keep.any():
+            if chunk.records_kept:
                 holds_window = True
-                if not keep.all():
-                    index = np.flatnonzero(keep).tolist()
-                    chunk.records = [chunk.records[i] for i in index]
-                    chunk.line_numbers = [chunk.line_numbers[i] for i in index]
-                    chunk.logged_ns = [chunk.logged_ns[i] for i in index]
-                    chunk.raws = [chunk.raws[i] for i in index]
                 chunk.failed = []
                 chunk.ignored_hours_ns = []
                 if on_chunk is not None:
@@ -156,9 +150,11 @@ def scan_logs_for_hours(
                     scan.chunks.append(chunk)
         failed.sort(key=lambda line: line.line_number)
         for line in failed:  # their hours are known once the whole file is read
-            first = line.hour_ns if first is None else min(first, line.hour_ns)
-            last = line.hour_ns if last is None else max(last, line.hour_ns)
-            hour = _hour_of_ns(line.hour_ns)
+            hour_ns = line.hour_ns
+            assert hour_ns is not None
+            first = hour_ns if first is None else min(first, hour_ns)
+            last = hour_ns if last is None else max(last, hour_ns)
+            hour = _hour_of_ns(hour_ns)
             if hour in scan.failed:
                 holds_window = True
                 scan.failed[hour].append(

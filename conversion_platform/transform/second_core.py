@@ -13,18 +13,20 @@ The worker is `python -m conversion_platform.transform.second_core`, started onc
 process and kept (about 110 MB resident: it imports this package), reading pickled
 chunks on its stdin and answering on its stdout; it exits when the pipe closes. It is a
 plain subprocess rather than `multiprocessing`, whose spawned children import the
-parent's main script again (running an unguarded script twice). Lists shorter than
-`min_items` never use it. `Prefetch` hands the worker values ahead of time instead,
-while the caller does other work (ingest: an hour's phone numbers, chunk by chunk, while
-its lines are parsed). If the worker can't start, dies or fails on a chunk, the
-caller computes that chunk itself (a failure in `fn` is then raised here, with its
-traceback), and a dead worker is not started again: a broken worker costs time, never
-values.
+parent's main script again (running an unguarded script twice); a worker never starts
+one of its own. Lists shorter than `min_items` never use it. `imap_on_two_cores` shares
+a stream of a few large pieces instead, handing the worker the next piece whenever it is
+idle (ingest: a log file's chunks of lines, parsed and checked on both cores). If the
+worker can't start, dies or fails on a chunk, the caller computes that chunk itself (a
+failure in `fn` is then raised here, with its traceback), and a dead worker is not
+started again: a broken worker costs time, never values.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
+import itertools
 import math
 import os
 import pickle
@@ -35,9 +37,9 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -269,118 +271,220 @@ def map_on_two_cores(
 ) -> list[T]:
     """`[fn(*args) for args in items]`, computed here and by the worker at once
     (`min_items` and `chunk_items` default to `MIN_ITEMS` and `CHUNK_ITEMS`)."""
-    min_items = MIN_ITEMS if min_items is None else min_items
-    chunk_items = CHUNK_ITEMS if chunk_items is None else chunk_items
-    worker = _get_worker() if len(items) >= min_items else None
-    if worker is None or not worker.busy.acquire(blocking=False):
-        return _apply(fn, items)
-    starts = range(0, len(items), chunk_items)
-    parts: list[list[T] | None] = [None] * len(starts)
-    lock = threading.Lock()
-    front, back = 0, len(starts)  # chunks [front, back) are nobody's yet
+    return SharedMap(fn, items, min_items=min_items, chunk_items=chunk_items).results()
 
-    def feed() -> None:
-        nonlocal back
+
+class SharedMap(Generic[T]):
+    """`map_on_two_cores` begun now and finished later.
+
+    The worker starts on the items from the back at once, while the caller does other
+    work; `results()` then has the caller compute from the front until the two meet, and
+    returns `[fn(*args) for args in items]`. Until then the worker serves nobody else (a
+    `map_on_two_cores` call in between computes alone). `close()` lets the worker go
+    without the results (after an error in the work in between); `results()` closes too.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., T],
+        items: Sequence[tuple[Any, ...]],
+        *,
+        min_items: int | None = None,
+        chunk_items: int | None = None,
+    ) -> None:
+        min_items = MIN_ITEMS if min_items is None else min_items
+        self._fn, self._items = fn, items
+        self._chunk_items = CHUNK_ITEMS if chunk_items is None else chunk_items
+        self._starts = range(0, len(items), self._chunk_items)
+        self._parts: list[list[T] | None] = [None] * len(self._starts)
+        self._lock = threading.Lock()
+        self._front, self._back = 0, len(self._starts)  # chunks [front, back) are nobody's yet
+        self._feeder: threading.Thread | None = None
+        worker = _get_worker() if len(items) >= min_items else None
+        if worker is None or not worker.busy.acquire(blocking=False):
+            return
+        self._worker = worker
+        self._feeder = threading.Thread(target=self._feed, name="second-core-feeder", daemon=True)
+        self._feeder.start()
+
+    def _chunk(self, index: int) -> Sequence[tuple[Any, ...]]:
+        start = self._starts[index]
+        return self._items[start : start + self._chunk_items]
+
+    def _feed(self) -> None:
         while True:
-            with lock:
-                if front >= back:
+            with self._lock:
+                if self._front >= self._back:
                     return
-                back -= 1
-                index = back
+                self._back -= 1
+                index = self._back
             try:
-                parts[index] = worker.map_chunk(
-                    fn, items[starts[index] : starts[index] + chunk_items]
-                )
+                self._parts[index] = self._worker.map_chunk(self._fn, self._chunk(index))
             except _WorkerFailed:
                 return  # the chunk is left to the caller, which raises fn's error itself
             except Exception:  # a broken pipe, a timeout, a garbled reply: never used again
-                _retire(worker)
+                _retire(self._worker)
                 return
 
-    feeder = threading.Thread(target=feed, name="second-core-feeder", daemon=True)
-    feeder.start()
-    try:
-        while True:
-            with lock:
-                if front >= back:
-                    break
-                index = front
-                front += 1
-            parts[index] = _apply(fn, items[starts[index] : starts[index] + chunk_items])
-    finally:
-        with lock:
-            back = front  # after an error here, the feeder stops at its current chunk
-        feeder.join()
-        worker.busy.release()
-    results: list[T] = []
-    for index, start in enumerate(starts):
-        part = parts[index]
-        results.extend(_apply(fn, items[start : start + chunk_items]) if part is None else part)
-    return results
-
-
-class Prefetch:
-    """Values handed to the worker while the caller does other work, for a later call.
-
-    `submit` queues items and returns at once; a feeder thread sends them to the worker
-    a chunk at a time. `finish` waits for what was queued and returns each item's result,
-    keyed by the item; an item the worker could not compute is missing, and the caller
-    computes it then. The worker serves nobody else meanwhile (a `map_on_two_cores` call
-    in between computes alone). Without a worker, `submit` keeps nothing.
-    """
-
-    def __init__(self, fn: Callable[..., T]) -> None:
-        self._fn = fn
-        self._results: dict[tuple[Any, ...], Any] = {}
-        self._queue: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._cancelled = False
-        worker = _get_worker(fn.__module__)
-        self._worker = (
-            worker if worker is not None and worker.busy.acquire(blocking=False) else None
-        )
-
-    def submit(self, items: Sequence[tuple[Any, ...]]) -> None:
-        if self._worker is None or not items:
+    def close(self) -> None:
+        """Stop handing chunks to the worker (its current one is finished) and free it."""
+        feeder, self._feeder = self._feeder, None
+        if feeder is None:
             return
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._feed, name="second-core-prefetch", daemon=True
-            )
-            self._thread.start()
-        self._queue.put(list(items))
+        with self._lock:
+            self._back = self._front  # the feeder stops at its current chunk
+        feeder.join()
+        self._worker.busy.release()
 
-    def finish(self, cancel: bool = False) -> dict[tuple[Any, ...], Any]:
-        """Wait for the queued items (`cancel`: only for the chunk being computed)."""
-        worker, self._worker = self._worker, None
-        if worker is None:
-            return self._results
+    def results(self) -> list[T]:
         try:
-            if self._thread is not None:
-                self._cancelled = cancel
-                self._queue.put(None)
-                self._thread.join()
+            while True:
+                with self._lock:
+                    if self._front >= self._back:
+                        break
+                    index = self._front
+                    self._front += 1
+                self._parts[index] = _apply(self._fn, self._chunk(index))
         finally:
-            worker.busy.release()
-        return self._results
+            self.close()
+        results: list[T] = []
+        for index, part in enumerate(self._parts):
+            results.extend(_apply(self._fn, self._chunk(index)) if part is None else part)
+        return results
 
-    def _feed(self) -> None:
-        worker = self._worker
-        assert worker is not None
-        failed = False
-        while (items := self._queue.get()) is not None:
-            for start in range(0, len(items) if not failed else 0, CHUNK_ITEMS):
-                if self._cancelled:
-                    break
-                chunk = items[start : start + CHUNK_ITEMS]
+
+_END = object()
+
+
+def _import(module: str) -> None:
+    """Import a module (in the worker, ahead of the pieces that need it)."""
+    importlib.import_module(module)
+
+
+def imap_on_two_cores(
+    fn: Callable[..., T], items: Iterable[tuple[Any, ...]], *, imports: Sequence[str] = ()
+) -> Iterator[T]:
+    """`fn(*args)` for each item of a stream, in order, computed here and by the worker.
+
+    For work that comes in a few large pieces produced one at a time (ingest: a log
+    file's chunks of lines, each parsed and checked). Whenever the worker has nothing
+    queued, the next piece is handed to it (a feeder thread sends it and waits for the
+    answer); otherwise the caller computes the piece itself, so neither side waits for
+    the other. A piece still queued for the worker when the stream ends is taken back.
+    Each result is yielded as soon as it and every result before it are done, so a
+    consumer sees them in the stream's order while later pieces are being computed.
+
+    A stream of one item never uses the worker, and the worker is handed pieces only once
+    it has imported `fn`'s module and `imports` (the modules of functions passed in the
+    pieces): a cold worker importing them would otherwise hold a piece for seconds.
+    `fn` must be a module-level function whose result depends only on its arguments,
+    with arguments and result that pickle.
+    A piece the worker can't compute is computed here (an error in `fn` is then raised
+    here); after a broken pipe the worker is retired and the caller goes on alone.
+    """
+    iterator = iter(items)
+    first = next(iterator, _END)
+    if first is _END:
+        return
+    second = next(iterator, _END)
+    if second is _END:
+        yield fn(*first)
+        return
+    stream = itertools.chain((first, second), iterator)
+    worker = _get_worker(fn.__module__)
+    if worker is None or not worker.busy.acquire(blocking=False):
+        for args in stream:
+            yield fn(*args)
+        return
+    handoff: queue.Queue[tuple[int, tuple[Any, ...]] | None] = queue.Queue(maxsize=1)
+    done = threading.Condition()
+    answers: dict[int, tuple[bool, Any]] = {}  # index -> (computed, result)
+    retired = threading.Event()
+    warm = threading.Event()  # the worker has imported what the pieces need
+
+    def feed() -> None:
+        try:
+            worker.map_chunk(_import, [(fn.__module__,), *((m,) for m in imports)])
+            warm.set()
+        except _WorkerFailed:  # a module the worker can't import: the caller goes alone
+            retired.set()
+        except Exception:
+            _retire(worker)
+            retired.set()
+        while (job := handoff.get()) is not None:
+            index, args = job
+            answer: tuple[bool, Any] = (False, None)  # left to the caller
+            if not retired.is_set():
                 try:
-                    self._results.update(zip(chunk, worker.map_chunk(self._fn, chunk), strict=True))
+                    answer = (True, worker.map_chunk(fn, [args])[0])
                 except _WorkerFailed:
-                    continue  # left to the caller
+                    pass
                 except Exception:  # a broken pipe, a timeout, a garbled reply
                     _retire(worker)
-                    failed = True  # the rest is left to the caller; the queue is drained
-                    break
+                    retired.set()
+            with done:
+                answers[index] = answer
+                done.notify()
+
+    feeder = threading.Thread(target=feed, name="second-core-stream", daemon=True)
+    feeder.start()
+    with_worker: dict[int, tuple[Any, ...]] = {}  # pieces handed to the worker, by index
+    next_out = 0
+
+    def ready(wait: bool) -> tuple[bool, Any] | None:
+        with done:
+            while wait and next_out not in answers:
+                done.wait()
+            return answers.pop(next_out, None)
+
+    def result(answer: tuple[bool, Any]) -> T:
+        computed, value = answer
+        args = with_worker.pop(next_out, None)
+        if computed:
+            return value
+        assert args is not None
+        return fn(*args)  # the worker couldn't: computed (or its error raised) here
+
+    try:
+        count = 0
+        for index, args in enumerate(stream):
+            count = index + 1
+            if warm.is_set() and not retired.is_set():
+                try:
+                    handoff.put_nowait((index, args))
+                    with_worker[index] = args
+                except queue.Full:
+                    pass
+            if index not in with_worker:
+                value = fn(*args)
+                with done:
+                    answers[index] = (True, value)
+            while (answer := ready(wait=False)) is not None:
+                yield result(answer)
+                next_out += 1
+        # The stream is over: a piece the worker hasn't started is computed here.
+        try:
+            job = handoff.get_nowait()
+        except queue.Empty:
+            job = None
+        if job is not None:
+            value = fn(*job[1])
+            with done:
+                answers[job[0]] = (True, value)
+        while next_out < count:
+            answer = ready(wait=True)
+            assert answer is not None
+            yield result(answer)
+            next_out += 1
+    finally:
+        try:
+            while True:
+                handoff.get_nowait()  # pieces nobody started go with the stream
+        except queue.Empty:
+            pass
+        handoff.put(None)
+        feeder.join()
+        worker.busy.release()
 
 
 def _serve(preload: str | None) -> None:
@@ -394,6 +498,10 @@ def _serve(preload: str | None) -> None:
     # Ctrl-C reaches the whole process group: the caller decides, and the worker ends
     # when the caller's end of the pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    global _unavailable
+    _unavailable = (
+        True  # what `fn` shares with "the worker" is computed here, not in a third process
+    )
     if preload:
         __import__(preload)
     while True:
