@@ -211,6 +211,7 @@ def run(
             "wall_s": measured["wall_s"],
             "cpu_s": measured["cpu_s"],
             "peak_rss_mb": measured["peak_rss_mb"],
+            "peak_tree_rss_mb": measured["peak_tree_rss_mb"],
             "records_per_s": rate(records, measured["wall_s"]),
             "run_status": timings["runs"][-1]["status"] if timings["runs"] else "missing",
             "run_seconds": timings["runs"][-1]["run_seconds"] if timings["runs"] else None,
@@ -221,7 +222,8 @@ def run(
         }
         print(
             f"  backfill {hours} h x {records_per_hour:,}: {measured['wall_s']:.1f} s wall, "
-            f"peak {measured['peak_rss_mb']:,.0f} MiB, {result['backfill']['run_status']}",
+            f"peak {measured['peak_rss_mb']:,.0f} MiB (process tree "
+            f"{measured['peak_tree_rss_mb']:,.0f} MiB), {result['backfill']['run_status']}",
             flush=True,
         )
         table.extend(

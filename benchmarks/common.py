@@ -267,17 +267,47 @@ def measure_command(
     """Run `command` from a small watcher process: wall time, peak memory, exit code, output.
 
     The watcher reports its children's peak resident memory, so only the command (and
-    what it starts) counts, not the benchmark's own data generation.
+    what it starts) counts, not the benchmark's own data generation: `peak_rss_mb` is
+    the largest process's own peak (exact, from the kernel), `peak_tree_rss_mb` the
+    largest sum over the command and every process under it (a worker process
+    included), sampled every 0.1 s.
     """
     watcher = (
-        "import json, resource, subprocess, sys, time\n"
+        "import json, os, resource, subprocess, sys, threading, time\n"
+        "def tree_kb(root):\n"
+        "    parent, rss = {}, {}\n"
+        "    for name in os.listdir('/proc'):\n"
+        "        if name.isdigit():\n"
+        "            try:\n"
+        "                with open(f'/proc/{name}/stat') as f:\n"
+        "                    fields = f.read().rsplit(')', 1)[1].split()\n"
+        "                parent[int(name)] = int(fields[1])\n"
+        "                rss[int(name)] = int(fields[21]) * os.sysconf('SC_PAGE_SIZE') // 1024\n"
+        "            except (OSError, IndexError, ValueError):\n"
+        "                pass\n"
+        "    mine, grew = {root}, True\n"
+        "    while grew:\n"
+        "        more = {p for p, pp in parent.items() if pp in mine} - mine\n"
+        "        mine |= more\n"
+        "        grew = bool(more)\n"
+        "    return sum(rss.get(p, 0) for p in mine)\n"
         "started = time.perf_counter()\n"
-        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)\n"
+        "peak = [0]\n"
+        "def sample():\n"
+        "    while child.poll() is None:\n"
+        "        peak[0] = max(peak[0], tree_kb(child.pid))\n"
+        "        time.sleep(0.1)\n"
+        "sampler = threading.Thread(target=sample, daemon=True)\n"
+        "sampler.start()\n"
+        "out, err = child.communicate()\n"
         "wall = time.perf_counter() - started\n"
+        "sampler.join()\n"
         "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
         "sys.stdout.write(json.dumps({'wall_s': wall, 'peak_rss_mb': usage.ru_maxrss / 1024,\n"
-        "    'cpu_s': usage.ru_utime + usage.ru_stime, 'returncode': done.returncode,\n"
-        "    'stdout': done.stdout[-20000:], 'stderr': done.stderr[-20000:]}))\n"
+        "    'peak_tree_rss_mb': peak[0] / 1024,\n"
+        "    'cpu_s': usage.ru_utime + usage.ru_stime, 'returncode': child.returncode,\n"
+        "    'stdout': out[-20000:], 'stderr': err[-20000:]}))\n"
     )
     completed = subprocess.run(
         [sys.executable, "-c", watcher, *command],
@@ -291,6 +321,7 @@ def measure_command(
     result["wall_s"] = round(result["wall_s"], 2)
     result["cpu_s"] = round(result["cpu_s"], 2)
     result["peak_rss_mb"] = round(result["peak_rss_mb"], 1)
+    result["peak_tree_rss_mb"] = round(result["peak_tree_rss_mb"], 1)
     return result
 
 

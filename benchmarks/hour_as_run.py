@@ -129,7 +129,8 @@ def run(size: int = DEFAULT_SIZE, seed: int = 7, work_dir: str | None = None) ->
     )
     rows.append(
         {
-            "step": f"WALL (peak {measured['peak_rss_mb']:,.0f} MiB, {rate(size, measured['wall_s']):,.0f} records/s)",
+            "step": f"WALL (peak {measured['peak_rss_mb']:,.0f} MiB, process tree "
+            f"{measured['peak_tree_rss_mb']:,.0f} MiB, {rate(size, measured['wall_s']):,.0f} records/s)",
             "seconds": measured["wall_s"],
         }
     )
@@ -139,7 +140,8 @@ def run(size: int = DEFAULT_SIZE, seed: int = 7, work_dir: str | None = None) ->
             f"the dagster command failed (exit {measured['returncode']}): {measured['stderr'][-1500:]}"
         )
     print(
-        f"  hour as run {size:>9,}: {measured['wall_s']:.1f} s wall, peak {measured['peak_rss_mb']:,.0f} MiB, "
+        f"  hour as run {size:>9,}: {measured['wall_s']:.1f} s wall, peak {measured['peak_rss_mb']:,.0f} MiB "
+        f"(process tree {measured['peak_tree_rss_mb']:,.0f} MiB), "
         f"run {run_info['status']}",
         flush=True,
     )
@@ -155,6 +157,7 @@ def run(size: int = DEFAULT_SIZE, seed: int = 7, work_dir: str | None = None) ->
         "wall_s": measured["wall_s"],
         "cpu_s": measured["cpu_s"],
         "peak_rss_mb": measured["peak_rss_mb"],
+        "peak_tree_rss_mb": measured["peak_tree_rss_mb"],
         "records_per_s": rate(size, measured["wall_s"]),
         "run_status": run_info["status"],
         "run_seconds": run_info["run_seconds"],

@@ -4,6 +4,8 @@ and the bulk generator's traffic. Nothing here asserts a time: speed lives in be
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pandas as pd
 
 from benchmarks import backfill, hour_as_run, pipeline
 from benchmarks.__main__ import main as benchmarks_main
-from benchmarks.common import phase_before
+from benchmarks.common import measure_command, phase_before
 from conversion_platform.synthetic import generate_bulk
 
 HOUR = datetime(2026, 3, 2, 10, tzinfo=UTC)
@@ -56,6 +58,24 @@ def test_hour_as_run_benchmark_materialises_the_hour_with_the_cli(tmp_path: Path
     )
     assert all(step["status"] == "STEP_SUCCESS" for step in result["steps"].values())
     assert result["setup"]["broken_lines"] == 5
+    assert result["peak_tree_rss_mb"] > 0
+
+
+def test_a_measured_command_counts_the_processes_it_starts() -> None:
+    """The largest process's own peak, and the peak of the sum over the process tree
+    (a worker process's memory counts in the second)."""
+    held = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'import time; block = b\"x\" * (200 << 20); time.sleep(1.5)'])\n"
+        "block = b'x' * (120 << 20)\n"
+        "time.sleep(1.5)\n"
+        "child.wait()\n"
+    )
+    measured = measure_command([sys.executable, "-c", held], dict(os.environ))
+    assert measured["returncode"] == 0, measured["stderr"]
+    assert 200 <= measured["peak_rss_mb"] < 300  # the child's, the larger one
+    assert measured["peak_tree_rss_mb"] >= 320  # both at once
 
 
 def test_the_parquet_write_of_an_output_counts_as_storing_it() -> None:

@@ -6,7 +6,8 @@ error in the function is raised in the caller; a worker that dies mid-call costs
 value and is not started again; a script without a main guard is not run twice (the
 trap of `multiprocessing`'s spawned children); a map begun early (`SharedMap`) and a
 stream of pieces (`imap_on_two_cores`) give the same results, free the worker when done,
-left or broken; ingest on two cores gives the hour it gives on one.
+left or broken; ingest on two cores gives the hour it gives on one, and stops its worker
+when done.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pandas as pd
 import pytest
 from sqlalchemy.engine import Engine
 
-from conversion_platform.ingest import log_chunks
+from conversion_platform.ingest import log_chunks, log_conversions
 from conversion_platform.ingest.log_conversions import ingest_server_logs
 from conversion_platform.transform import normalise, second_core
 from conversion_platform.transform.normalise import hash_identity_columns, hash_phone
@@ -318,7 +319,10 @@ def test_ingest_on_two_cores_gives_the_hour_it_gives_on_one(
     monkeypatch.undo()
     monkeypatch.setattr(log_chunks, "CHUNK_LINES", 100)
     monkeypatch.setattr(second_core, "MIN_ITEMS", 100)
-    ingest_server_logs(engine, logs, [], [hour])  # a worker, warmed up with what ingest imports
+    # A worker warmed up with what ingest imports, kept between the two calls (ingest
+    # stops it when done: a cold one would import while this small log is read alone).
+    monkeypatch.setattr(log_conversions, "stop_idle_worker", lambda: True)
+    ingest_server_logs(engine, logs, [], [hour])
 
     sent: list[str] = []
     real_map_chunk = second_core._Worker.map_chunk
@@ -350,11 +354,11 @@ def test_ingest_on_two_cores_gives_the_hour_it_gives_on_one(
     assert shared.per_hour == alone.per_hour
 
 
-def test_the_worker_keeps_no_memo_after_ingest(
+def test_ingest_stops_its_worker_when_done(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Checking chunks in the worker hashes nothing there that it keeps: emails and
-    phone numbers are hashed in this process or by the undecorated function."""
+    """The memory the worker grew parsing chunks is not kept through the rest of the
+    run; the next call starts a new worker."""
     hour = datetime(2026, 3, 2, 10, tzinfo=UTC)
     lines = [
         orjson.dumps(
@@ -364,7 +368,6 @@ def test_the_worker_keeps_no_memo_after_ingest(
                 "event_time": (hour + timedelta(seconds=i)).isoformat(),
                 "phone": f"(415) 555-{i:04d}",
                 "country": "US",
-                "email": f"m{i}@example.com",
             }
         )
         for i in range(2_000)
@@ -374,20 +377,28 @@ def test_the_worker_keeps_no_memo_after_ingest(
     (logs / "app.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     monkeypatch.setattr(log_chunks, "CHUNK_LINES", 200)
     monkeypatch.setattr(second_core, "MIN_ITEMS", 100)
-    ingest_server_logs(engine, logs, [], [hour])
-    assert second_core._worker is not None
-    probe = second_core.map_on_two_cores(
-        _memo_sizes, [(os.getpid(),)] * 200, min_items=1, chunk_items=1
+    _warm_worker()
+    worker = second_core._worker
+    assert worker is not None
+    result = ingest_server_logs(engine, logs, [], [hour])
+    assert result.frame["phone_sha256"].notna().sum() == 2_000
+    assert second_core._worker is None
+    assert worker.process.poll() == 0  # it ended at the end of its input, not killed
+    assert second_core._get_worker() is not None  # and a later call may start another
+
+
+def test_a_busy_worker_is_not_stopped_as_idle() -> None:
+    _warm_worker()
+    worker = second_core._worker
+    assert worker is not None
+    shared = second_core.SharedMap(
+        slow_square_with_pid, [(i,) for i in range(400)], min_items=1, chunk_items=10
     )
-    assert {pid for pid, _ in probe} - {os.getpid()}  # the worker answered some
-    assert max(size for _, size in probe) == 0
-
-
-def _memo_sizes(caller_pid: int) -> tuple[int, int]:
-    if os.getpid() == caller_pid:
-        return caller_pid, 0
-    sizes = [hash_phone.cache_info().currsize, normalise.hash_email.cache_info().currsize]
-    return os.getpid(), max(sizes)
+    assert second_core.stop_idle_worker() is False
+    assert worker.alive()
+    assert [square for square, _ in shared.results()] == [i * i for i in range(400)]
+    assert second_core.stop_idle_worker() is True
+    assert second_core._worker is None and worker.process.poll() == 0
 
 
 def print_and_square(value: int) -> tuple[int, int]:

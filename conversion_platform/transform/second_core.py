@@ -251,6 +251,23 @@ def stop_worker() -> None:
         worker.stop()
 
 
+def stop_idle_worker() -> bool:
+    """Stop the worker unless a call is using it (True if none is left running): after
+    a heavy use, so the memory it grew does not stay resident while this process goes
+    on to other work. A later call starts a new one."""
+    with _worker_lock:
+        worker = _worker
+    if worker is None:
+        return True
+    if not worker.busy.acquire(blocking=False):
+        return False
+    try:
+        stop_worker()
+    finally:
+        worker.busy.release()
+    return True
+
+
 def _forget_after_fork() -> None:
     """A forked child starts without its parent's worker (and with unheld locks)."""
     global _worker, _worker_lock, _unavailable
