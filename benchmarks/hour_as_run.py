@@ -9,7 +9,7 @@ fresh CONVERSION_PLATFORM_HOME and DAGSTER_HOME; then
 runs it with Dagster's own overhead included (CLI start, definitions load, the in-process
 executor, Parquet I/O between assets, the pandera type check, ledger and delivery-log
 writes), every enabled destination in dry-run mode. Wall time and peak memory are the
-command's; per-step durations, and what each step spent its time on, come from the
+command's (its largest process's peak, and its whole process tree's, a worker included); per-step durations, and what each step spent its time on, come from the
 Dagster event log in the instance's run storage.
 
     python -m benchmarks.hour_as_run --size 1000000
