@@ -28,6 +28,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from conversion_platform.ingest import log_chunks, log_conversions
+from conversion_platform.ingest.access_log import AccessLogRule
 from conversion_platform.ingest.log_conversions import ingest_server_logs
 from conversion_platform.transform import normalise, second_core
 from conversion_platform.transform.normalise import hash_identity_columns, hash_phone
@@ -307,14 +308,30 @@ def test_ingest_on_two_cores_gives_the_hour_it_gives_on_one(
         lines.append(orjson.dumps(record))
         if i % 250 == 7:
             lines.append(b'{"event_id": "cut", "ev')
+        if i % 100 == 50:  # access-log lines: a conversion by a URL rule, and a page view
+            stamp = (hour + timedelta(seconds=i)).strftime("%d/%b/%Y:%H:%M:%S +0000")
+            lines.append(
+                f'203.0.113.9 - - [{stamp}] "GET /checkout/thank-you?order_id=o{i}&value=5'
+                f'&currency=USD HTTP/1.1" 200 1 "-" "ua"'.encode()
+            )
+            lines.append(
+                f'203.0.113.9 - - [{stamp}] "GET /products/{i} HTTP/1.1" 200 1 "-" "ua"'.encode()
+            )
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "app.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     monkeypatch.setattr(log_chunks, "CHUNK_LINES", 100)
     monkeypatch.setattr(second_core, "MIN_ITEMS", 100)
 
+    rules = [
+        AccessLogRule(
+            event_name="purchase",
+            path="/checkout/thank-you",
+            fields={"order_id": "order_id", "value": "value", "currency": "currency"},
+        )
+    ]
     monkeypatch.setattr(second_core, "_usable_cores", lambda: 1)
-    alone = ingest_server_logs(engine, logs, [], [hour])
+    alone = ingest_server_logs(engine, logs, rules, [hour])
     assert second_core._worker is None
     monkeypatch.undo()
     monkeypatch.setattr(log_chunks, "CHUNK_LINES", 100)
@@ -322,7 +339,7 @@ def test_ingest_on_two_cores_gives_the_hour_it_gives_on_one(
     # A worker warmed up with what ingest imports, kept between the two calls (ingest
     # stops it when done: a cold one would import while this small log is read alone).
     monkeypatch.setattr(log_conversions, "stop_idle_worker", lambda: True)
-    ingest_server_logs(engine, logs, [], [hour])
+    ingest_server_logs(engine, logs, rules, [hour])
 
     sent: list[str] = []
     real_map_chunk = second_core._Worker.map_chunk
@@ -340,7 +357,7 @@ def test_ingest_on_two_cores_gives_the_hour_it_gives_on_one(
 
     monkeypatch.setattr(second_core._Worker, "map_chunk", map_chunk)
     monkeypatch.setattr(normalise, "map_on_two_cores", map_rest)
-    shared = ingest_server_logs(engine, logs, [], [hour])
+    shared = ingest_server_logs(engine, logs, rules, [hour])
     assert sent.count("parse_piece") >= 2  # the worker parsed and checked chunks ...
     assert "hash_phone" in sent  # ... and hashed numbers ...
     assert hashed_after == [0]  # ... every number left was hashed ahead
@@ -348,10 +365,12 @@ def test_ingest_on_two_cores_gives_the_hour_it_gives_on_one(
     assert shared.dropped_identifiers == alone.dropped_identifiers
     assert shared.dropped_identifiers["phone_invalid"] > 0
     assert shared.frame["phone_sha256"].notna().sum() > 500
-    assert len(shared.frame) == 3_000 - len(range(0, 3_000, 97))
+    assert len(shared.frame) == 3_000 - len(range(0, 3_000, 97)) + 30  # 30 by the URL rule
+    assert (shared.frame["order_id"].str.startswith("o")).sum() == 30
     assert shared.quarantined == alone.quarantined
     assert len(shared.quarantined) == 12 + len(range(0, 3_000, 97))
     assert shared.per_hour == alone.per_hour
+    assert shared.per_hour[hour]["lines_ignored"] == 30  # the page views, matching no rule
 
 
 def test_ingest_stops_its_worker_when_done(
