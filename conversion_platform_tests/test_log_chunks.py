@@ -5,6 +5,7 @@ to), and one pass over a file both indexes it and reads the window."""
 from __future__ import annotations
 
 import gzip
+import pickle
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,10 +15,11 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from conversion_platform.ingest import log_chunks
+from conversion_platform.ingest import log_chunks, log_conversions
 from conversion_platform.ingest.log_conversions import ingest_server_logs
 from conversion_platform.ingest.record_columns import concat_coerced
 from conversion_platform.store.tables import log_file_index
@@ -194,3 +196,17 @@ def test_chunks_read_on_two_cores_are_the_chunks_read_on_one(
         assert failed[-1][1].startswith("unreadable compressed data after line")
     assert failed[0][:2] == (1, "not a combined access-log line")
     assert failed[0][2] == hour_10[0]  # from a later chunk: the file's first readable line
+
+
+def test_a_chunk_from_the_worker_has_its_text_in_arrow_memory() -> None:
+    """Unpickled Arrow text lives in Python bytes, outside Arrow's pool (freed, it was
+    heap Arrow could not reuse); collecting a chunk copies it in, values and dtypes kept."""
+    values = [f"value {i:06d}" if i % 7 else None for i in range(20_000)]
+    frame = pd.DataFrame(
+        {"text": pd.array(values, dtype="string"), "number": np.arange(20_000, dtype=np.int64)}
+    )
+    arrived = pickle.loads(pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL))
+    before = pa.total_allocated_bytes()
+    kept = log_conversions._text_in_arrow_pool(arrived)
+    assert pa.total_allocated_bytes() - before >= 12 * 17_142  # the text's bytes, at least
+    pd.testing.assert_frame_equal(kept, frame)
