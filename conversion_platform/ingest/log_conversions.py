@@ -98,7 +98,7 @@ def coerce_log_chunk(chunk: LogChunk) -> CoercedLogChunk:
     logged = pd.Series(np.asarray(chunk.logged_ns, dtype="datetime64[ns]")).dt.tz_localize("UTC")
     coerced = coerce_records(chunk.records, events.SOURCE_LOG, logged)
     hours_ns = chunk.hours_ns()
-    refused = []
+    refused: list[QuarantinedRecord] = []
     for position, reason in coerced.failures:
         record = chunk.records[position]
         refused.append(
