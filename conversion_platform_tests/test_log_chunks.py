@@ -200,13 +200,16 @@ def test_chunks_read_on_two_cores_are_the_chunks_read_on_one(
 
 def test_a_chunk_from_the_worker_has_its_text_in_arrow_memory() -> None:
     """Unpickled Arrow text lives in Python bytes, outside Arrow's pool (freed, it was
-    heap Arrow could not reuse); collecting a chunk copies it in, values and dtypes kept."""
+    heap Arrow could not reuse); a checked chunk arriving from the worker moves it in,
+    values and dtypes kept."""
     values = [f"value {i:06d}" if i % 7 else None for i in range(20_000)]
     frame = pd.DataFrame(
         {"text": pd.array(values, dtype="string"), "number": np.arange(20_000, dtype=np.int64)}
     )
-    arrived = pickle.loads(pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL))
+    chunk = log_conversions.CoercedLogChunk(frame, np.zeros(20_000, dtype=np.int64), [])
+    data = pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
     before = pa.total_allocated_bytes()
-    kept = log_conversions._text_in_arrow_pool(arrived)
+    arrived = pickle.loads(data)
     assert pa.total_allocated_bytes() - before >= 12 * 17_142  # the text's bytes, at least
-    pd.testing.assert_frame_equal(kept, frame)
+    pd.testing.assert_frame_equal(arrived.frame, frame)
+    assert (arrived.hours_ns == chunk.hours_ns).all() and arrived.refused == []

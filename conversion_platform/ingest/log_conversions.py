@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -90,6 +91,11 @@ class CoercedLogChunk:
     hours_ns: np.ndarray  # the hour of each kept record (UTC ns)
     refused: list[QuarantinedRecord]
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled (a chunk the worker checked): its text is moved into Arrow's memory."""
+        self.__dict__.update(state)
+        self.frame = _text_in_arrow_pool(self.frame)
+
 
 def coerce_log_chunk(chunk: LogChunk) -> CoercedLogChunk:
     """Check a parsed chunk's records (`coerce_records`); the refused become quarantine
@@ -125,7 +131,8 @@ def _text_in_arrow_pool(frame: pd.DataFrame) -> pd.DataFrame:
     the C heap: once freed (after ingest) that heap is free memory Arrow's allocator can't
     reuse, which stayed resident while dedupe, the next step, allocated its own. A copy
     of a chunk's text (about 30 MB per 100,000 lines) moves it into Arrow's pool, and
-    the unpickled buffers go at once.
+    the unpickled buffers go at once. Chunks checked here are in the pool already: only
+    unpickling (`CoercedLogChunk.__setstate__`) calls this.
     """
     for name in frame.columns:
         dtype = frame[name].dtype
@@ -150,7 +157,7 @@ def _ingest(
             refused[record.hour].append(record)
         for hour_ns, count in zip(*np.unique(outcome.hours_ns, return_counts=True), strict=True):
             parsed[_hour(int(hour_ns))] += int(count)
-        frames.append(_text_in_arrow_pool(outcome.frame))
+        frames.append(outcome.frame)
         hour_parts.append(outcome.hours_ns)
 
     # Each chunk of lines is parsed and checked on one of two cores as it is read.
