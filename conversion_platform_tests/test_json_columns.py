@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -64,3 +66,17 @@ def test_objects_match_orjson_whatever_is_missing(seed: int) -> None:
             expected["last"] = True
         assert orjson.loads(built[i]) == expected
         assert list(orjson.loads(built[i])) == list(expected)  # member order kept
+
+
+@pytest.mark.parametrize("pattern", ["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d %H:%M:%S+00:00"])
+def test_times_are_each_seconds_own_text_in_any_order_and_repeated(pattern: str) -> None:
+    rng = np.random.default_rng(3)
+    start = 1_764_547_200  # 2025-12-01T00:00:00Z
+    # An hour's seconds, repeated and out of order, with a few from other days.
+    seconds = np.concatenate(
+        [rng.integers(start, start + 3_600, 2_000), [start - 86_400 * 400, start + 59]]
+    )
+    rng.shuffle(seconds)
+    texts = jc.formatted_times(seconds, pattern).to_pylist()
+    assert texts == [datetime.fromtimestamp(int(s), tz=UTC).strftime(pattern) for s in seconds]
+    assert jc.formatted_times(np.array([], dtype=np.int64), pattern).to_pylist() == []

@@ -162,6 +162,14 @@ def _missing_unless(values: pd.Series, keep: np.ndarray) -> pd.Series:
     return values.where(keep)
 
 
+def _id_objects(values: pd.Series) -> np.ndarray:
+    """Event ids as Python text (a missing one as "<NA>"): Arrow-backed text in one Arrow
+    pass (`astype(str)` went through pandas' element-wise conversion first)."""
+    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+        return values.to_numpy(dtype=object, na_value="<NA>")
+    return values.astype(str).to_numpy(dtype=object)
+
+
 def take_rows(frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     """`frame.take(rows)`, reading only the span of rows they lie in.
 
@@ -515,7 +523,7 @@ class HourDeliverer:
         are taken as they are encoded)."""
         config, destination = self.config, self.destination
         outcomes = log.OutcomeColumns()
-        ids = frame["event_id"].to_numpy(dtype=object, na_value="<NA>")
+        ids = _id_objects(frame["event_id"])
         names = frame["event_name"].to_numpy(dtype=object, na_value=None)
         positions = np.flatnonzero(forwarded_event_names(frame, config).to_numpy())
         duplicated = pd.Series(ids[positions]).duplicated().to_numpy()
@@ -581,7 +589,7 @@ class HourDeliverer:
         ).to_numpy()
         problems[in_future & (problems == None)] = "event_time is in the future"  # noqa: E711
         invalid = problems != None  # noqa: E711
-        ids = chunk["event_id"].astype(str).to_numpy(dtype=object)
+        ids = _id_objects(chunk["event_id"])
         names = chunk["event_name"].to_numpy(dtype=object, na_value=None)
         if invalid.any():
             rejected = log.OutcomeColumns()

@@ -162,9 +162,14 @@ def unix_seconds(frame: pd.DataFrame, column: str = "event_time") -> np.ndarray:
 
 
 def formatted_times(seconds: np.ndarray, pattern: str) -> pa.Array:
-    """Unix seconds formatted in UTC with an strftime pattern (`%Y-%m-%dT%H:%M:%SZ`, ...)."""
-    stamps = pa.array(seconds, type=pa.timestamp("s", tz="UTC"))
-    return pc.strftime(stamps, format=pattern).cast(TEXT)
+    """Unix seconds formatted in UTC with an strftime pattern (`%Y-%m-%dT%H:%M:%SZ`, ...).
+
+    Each distinct second is formatted once: an hour has at most 3,600 of them, and
+    Arrow's strftime costs about a microsecond a value (0.2 s a destination at 1M)."""
+    distinct, inverse = np.unique(seconds, return_inverse=True)
+    stamps = pa.array(distinct, type=pa.timestamp("s", tz="UTC"))
+    texts = pc.strftime(stamps, format=pattern).cast(TEXT)
+    return texts.take(pa.array(inverse.reshape(-1)))
 
 
 # --- JSON values -----------------------------------------------------------------------------
