@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 import sqlalchemy as sa
@@ -246,6 +247,37 @@ def test_an_hour_encoded_in_chunks_sends_the_same_full_batches(
     assert [len(body[key]) for body in bodies] == [3, 3, 3, 3]
     assert sent_ids == [r["event_id"] for i, r in enumerate(records) if i != 6]
     assert set(emulator.accepted(platform).values()) == {1}
+
+
+@pytest.mark.parametrize(("name", "platform"), PLATFORMS)
+def test_an_hours_events_go_out_in_event_id_order_chunk_after_chunk(
+    name: str, platform: str, engine: Engine, tmp_path: Path
+) -> None:
+    """Whatever order the hour holds its events in, they are encoded, batched and logged
+    in event id order, so each chunk's outcomes follow the last chunk's in the log's key
+    order; the events that can't be sent (no consent) are logged with them."""
+    rng = np.random.default_rng(11)
+    ids = [f"{rng.integers(16**12):012x}" for _ in range(23)]  # random, in no order
+    records = [
+        record(event_id, order_id=None, consent_ad_user_data="denied" if i % 5 == 0 else "granted")
+        for i, event_id in enumerate(ids)
+    ]
+    config = destination_config(name, None, mode="dry_run", batch_size=3)
+    report = deliver(engine, config, frame_of(records), tmp_path, chunk_rows=4)
+    assert ids != sorted(ids)
+    key = "events" if platform == "google" else "data"
+    outbox = Path(report.outbox_file or "").read_bytes().splitlines()
+    bodies = [orjson.loads(line)[key] for line in outbox]
+    sent = [e.get("event_id") or e.get("transactionId") for body in bodies for e in body]
+    assert sent == sorted(sent) and len(sent) == report.sent >= 18
+    assert all(len(body) <= 3 for body in bodies)
+    # Those not sent are the ones without consent (where the platform takes none), logged.
+    logged = outcomes(engine, name)
+    assert set(logged) == set(ids)
+    assert {e for e, (status, _) in logged.items() if status == "dry_run"} == set(sent)
+    unsent = {e: reason for e, (status, reason) in logged.items() if status != "dry_run"}
+    assert set(unsent) == set(ids) - set(sent)
+    assert set(unsent.values()) <= {"no ad_user_data consent"}
 
 
 @pytest.mark.parametrize("mode", ["live", "dry_run"])

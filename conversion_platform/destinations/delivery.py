@@ -474,8 +474,11 @@ class HourDeliverer:
                 for positions in ranges:
                     self._write_batch(outbox, context, run, positions, number)
                     number += 1
-                dry_run_log.record(context.written)
-                context.written = []
+                # The events that won't be sent go with the chunk's batches: the chunk's
+                # rejected ones lie in its range of event ids (the first chunk also takes
+                # the hour's filtered and expired ones).
+                dry_run_log.record(context.written, context.unsent)
+                context.written, context.unsent = [], log.OutcomeColumns()
                 continue
             self._send_all(context, run, number, ranges)
             number += len(ranges)
@@ -533,6 +536,13 @@ class HourDeliverer:
             report.duplicates = int(duplicated.sum())
             positions = positions[~duplicated]
         report.eligible = len(positions)
+        # In event id order (Arrow compares text byte by byte, as SQLite's keys do): the
+        # hour is encoded and its outcomes recorded a chunk at a time, and event ids are
+        # random, so chunks in arrival order each wrote their outcomes all over the log's
+        # key range. In id order each chunk's outcomes follow the last chunk's, and the
+        # settled lookup seeks in key order too.
+        order = pc.array_sort_indices(events.arrow_text(frame["event_id"]).take(positions))
+        positions = positions[order.to_numpy()]
 
         # Settled events first: an event delivered before is never re-examined, so a
         # changed consent or age can't turn its record into something else.
