@@ -170,25 +170,10 @@ def _id_objects(values: pd.Series) -> np.ndarray:
     return values.astype(str).to_numpy(dtype=object)
 
 
-def take_rows(frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
-    """`frame.take(rows)`, reading only the span of rows they lie in.
-
-    Arrow's take on a column of several chunks (a Parquet file's row groups) joins all
-    of them first: taking a 100,000-row chunk of a 1M-row hour that way cost 0.6 s, five
-    times the take itself. The rows of a chunk in hour order lie in a span of about
-    their number: the span is a slice (no copy) of one or two Arrow chunks.
-    """
-    if len(rows) == 0:
-        return frame.iloc[0:0]
-    low, high = int(rows.min()), int(rows.max()) + 1
-    if low == 0 and high == len(frame):
-        return frame.take(rows)
-    return frame.iloc[low:high].take(rows - low)
-
-
 class EligibleEvents:
     """The rows of an hour's frame a destination will encode, in sending order, and
-    whether each may keep its identifiers (ad_user_data consent)."""
+    whether each may keep its identifiers (ad_user_data consent). `ids` and `names` are
+    the hour's event ids and names as Python values, converted once for all chunks."""
 
     def __init__(
         self,
@@ -196,6 +181,9 @@ class EligibleEvents:
         positions: np.ndarray,
         allowed: np.ndarray,
         columns: Collection[str] | None = None,
+        *,
+        ids: np.ndarray,
+        names: np.ndarray,
     ) -> None:
         # The hour's columns the chunks are without: those the hour was read without, and
         # those left out here.
@@ -209,6 +197,7 @@ class EligibleEvents:
         self._frame = frame
         self._positions = positions
         self._allowed = allowed
+        self._ids, self._names = ids, names
         #: every row, in order: chunks are slices of the frame, not copies
         self._in_order = len(positions) == len(frame) and bool(
             (positions == np.arange(len(frame))).all()
@@ -224,7 +213,7 @@ class EligibleEvents:
         if self._in_order:
             chunk = frame if start == 0 and stop >= len(frame) else frame.iloc[start:stop]
         else:
-            chunk = take_rows(frame, self._positions[start:stop])
+            chunk = frame.take(self._positions[start:stop])
         if not chunk.index.equals(pd.RangeIndex(len(chunk))):
             chunk = chunk.copy(deep=False)
             chunk.index = pd.RangeIndex(len(chunk))
@@ -232,6 +221,11 @@ class EligibleEvents:
         if self._left_out is not None:
             chunk.attrs[events.LEFT_OUT_COLUMNS] = self._left_out
         return chunk
+
+    def ids_and_names(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The event ids and names of rows `start:stop` of the selection."""
+        rows = self._positions[start:stop]
+        return self._ids[rows], self._names[rows]
 
 
 class EventRun:
@@ -464,8 +458,9 @@ class HourDeliverer:
         chunk_rows = max(self.chunk_rows, size)
         for start in range(0, max(len(selection), 1), chunk_rows):
             chunk = selection.chunk(start, start + chunk_rows)
+            ids, names = selection.ids_and_names(start, start + chunk_rows)
             last_chunk = start + chunk_rows >= len(selection)
-            run = self._encode_chunk(chunk, now, carry, context)
+            run = self._encode_chunk(chunk, ids, names, now, carry, context)
             ranges = plan_batches(len(run), size, run.groups, destination.max_groups_per_request)
             carry = None
             if not last_chunk and ranges and len(ranges[-1]) < size:
@@ -585,12 +580,22 @@ class HourDeliverer:
                 # names as few groups as it can.
                 order = event_names.sort_values(kind="stable").index.to_numpy()
                 positions, allowed = positions[order], allowed[order]
-        return EligibleEvents(frame, positions, allowed, columns_delivered(destination)), outcomes
+        selection = EligibleEvents(
+            frame, positions, allowed, columns_delivered(destination), ids=ids, names=names
+        )
+        return selection, outcomes
 
     def _encode_chunk(
-        self, chunk: pd.DataFrame, now: pd.Timestamp, carry: Carry | None, ctx: _BatchContext
+        self,
+        chunk: pd.DataFrame,
+        ids: np.ndarray,
+        names: np.ndarray,
+        now: pd.Timestamp,
+        carry: Carry | None,
+        ctx: _BatchContext,
     ) -> EventRun:
-        """Encode a chunk, record the events that can't be sent, and keep the rest."""
+        """Encode a chunk (its event ids and names given as Python values), record the
+        events that can't be sent, and keep the rest."""
         destination, report = self.destination, ctx.report
         encoded = destination.encode_events(chunk, self.config, now.to_pydatetime())
         problems = np.array(encoded.problems, dtype=object)
@@ -599,8 +604,6 @@ class HourDeliverer:
         ).to_numpy()
         problems[in_future & (problems == None)] = "event_time is in the future"  # noqa: E711
         invalid = problems != None  # noqa: E711
-        ids = _id_objects(chunk["event_id"])
-        names = chunk["event_name"].to_numpy(dtype=object, na_value=None)
         if invalid.any():
             rejected = log.OutcomeColumns()
             for problem in dict.fromkeys(problems[invalid].tolist()):
